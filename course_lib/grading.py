@@ -1,0 +1,75 @@
+"""Comparisons for tests and graded notebook cells, with failure messages that say what differs.
+
+A failed check raises :class:`GradingError` (an ``AssertionError``) naming the quantity, then the
+shape, dtype, the first differing index, and the max absolute and relative errors: never a bare
+AssertionError. Only real tensors and numbers are accepted, so an object that claims equality with
+everything (``__eq__`` always True) fails instead of passing.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import nn
+
+_TENSOR_TYPES = (torch.Tensor, nn.Parameter)
+
+
+class GradingError(AssertionError):
+    """A check failed; the message is meant for the learner."""
+
+
+def _require_tensor(value: object, what: str) -> torch.Tensor:
+    if type(value) not in _TENSOR_TYPES:
+        raise GradingError(f"{what} should be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}")
+    return value
+
+
+def assert_tensors_close(actual: object, expected: torch.Tensor, *, atol: float = 1e-6, rtol: float = 1e-5,
+                         name: str = "result", check_dtype: bool = True) -> None:
+    """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise (``torch.isclose``'s rule),
+    with the same shape (and dtype, unless ``check_dtype=False``). NaNs in the same places count as equal."""
+    actual = _require_tensor(actual, name)
+    expected = _require_tensor(expected, f"expected {name}")
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise GradingError(f"{name} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")
+    if check_dtype and actual.dtype != expected.dtype:
+        raise GradingError(f"{name} has dtype {actual.dtype}, expected {expected.dtype}")
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    close = torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
+    if bool(close.all()):
+        return
+    bad = (~close).nonzero()
+    first = tuple(int(i) for i in bad[0])
+    diff = (a - e).abs().nan_to_num(nan=math.inf)
+    rel = diff / e.abs().clamp_min(1e-12)
+    where = f" at index {first}" if first else ""
+    raise GradingError(
+        f"{name} differs from the expected values in {len(bad)} of {e.numel()} elements "
+        f"(first{where}: got {a[first].item():.6g}, expected {e[first].item():.6g}); "
+        f"max abs error {diff.max().item():.3g}, max rel error {rel.max().item():.3g} "
+        f"(tolerance atol={atol:g}, rtol={rtol:g})")
+
+
+def assert_number_close(actual: object, expected: float, *, atol: float = 1e-8, rtol: float = 1e-6,
+                        name: str = "result") -> None:
+    """Assert a real number (int, float, or a 0-d tensor) is within atol + rtol * |expected|."""
+    if type(actual) in _TENSOR_TYPES and actual.numel() == 1:
+        actual = actual.item()
+    if isinstance(actual, bool) or not isinstance(actual, numbers.Real):
+        raise GradingError(f"{name} should be a number, got {type(actual).__module__}.{type(actual).__name__}")
+    actual = float(actual)
+    if math.isnan(actual) or abs(actual - expected) > atol + rtol * abs(expected):
+        raise GradingError(f"{name} is {actual:.6g}, expected {expected:.6g} "
+                           f"(abs error {abs(actual - expected):.3g}; tolerance atol={atol:g}, rtol={rtol:g})")
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`GradingError` with ``message`` (written for the learner) unless ``condition`` is True
+    (a Python bool or a one-element bool tensor; anything else fails)."""
+    if type(condition) in _TENSOR_TYPES and condition.dtype == torch.bool and condition.numel() == 1:
+        condition = bool(condition)
+    if condition is not True:
+        raise GradingError(message)
