@@ -1,0 +1,73 @@
+"""Data sets that ship with the course, and a JSONL reader that names the file, line and field of bad input.
+
+The support-ticket data set (``load_tickets``) has five categories and train/validation/test splits with
+no near-duplicates across them; ``scripts/make_tickets.py`` says how it was made.
+"""
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+TICKET_LABELS = ("account", "delivery", "feedback", "payment", "technical")
+TICKET_SPLITS = ("train", "validation", "test")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line and field."""
+
+
+def read_jsonl(path: str | Path, fields: dict[str, type] | None = None) -> list[dict]:
+    """Read a JSON-lines file: one JSON object per non-blank line.
+
+    ``fields`` maps required field names to their types; a missing field, a wrong type, a line that is
+    not a JSON object, or invalid UTF-8 raises :class:`DataError` naming ``path:line`` and the field.
+    """
+    path = Path(path)
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: invalid JSON ({err.msg}, column {err.colno})") from err
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        for field, kind in (fields or {}).items():
+            if field not in row:
+                raise DataError(f"{path}:{number}: missing field '{field}'")
+            if not isinstance(row[field], kind):
+                raise DataError(f"{path}:{number}: field '{field}' should be {kind.__name__}, "
+                                f"got {type(row[field]).__name__}")
+        rows.append(row)
+    return rows
+
+
+def near_duplicate_key(text: str) -> str:
+    """Lower-case, every number -> '#', punctuation dropped, spaces collapsed: texts with equal keys are
+    near-duplicates ("Order #123 is late!" ~ "order #456 is late")."""
+    text = re.sub(r"\d+", "#", text.lower())
+    return " ".join(re.sub(r"[^\w#\s]", " ", text).split())
+
+
+def tickets_path(split: str) -> Path:
+    """Path of one split of the packaged support-ticket data set."""
+    if split not in TICKET_SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {TICKET_SPLITS}")
+    return Path(str(resources.files("course_lib") / "data" / "tickets" / f"{split}.jsonl"))
+
+
+def load_tickets(split: str) -> list[dict]:
+    """The support tickets of one split: dicts with ``id``, ``text`` and ``label`` (one of TICKET_LABELS)."""
+    path = tickets_path(split)
+    rows = read_jsonl(path, {"id": str, "text": str, "label": str})
+    for number, row in enumerate(rows, start=1):
+        if row["label"] not in TICKET_LABELS:
+            raise DataError(f"{path}:{number}: field 'label' is {row['label']!r}, not one of {TICKET_LABELS}")
+    return rows

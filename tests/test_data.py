@@ -1,0 +1,65 @@
+"""course_lib.data: the shipped ticket data set and the JSONL reader's errors."""
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from course_lib.data import (TICKET_LABELS, TICKET_SPLITS, DataError, load_tickets, near_duplicate_key,
+                             read_jsonl, tickets_path)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ticket_splits_are_large_balanced_and_leak_free():
+    splits = {name: load_tickets(name) for name in TICKET_SPLITS}
+    assert sum(len(rows) for rows in splits.values()) >= 1000
+    for rows in splits.values():
+        counts = Counter(r["label"] for r in rows)
+        assert set(counts) == set(TICKET_LABELS)
+        assert max(counts.values()) == min(counts.values())
+    keys = {name: {near_duplicate_key(r["text"]) for r in rows} for name, rows in splits.items()}
+    assert all(len(keys[n]) == len(splits[n]) for n in TICKET_SPLITS), "near-duplicates inside a split"
+    assert not keys["train"] & keys["validation"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+    ids = [r["id"] for rows in splits.values() for r in rows]
+    assert len(ids) == len(set(ids))
+
+
+def test_shipped_files_are_what_the_generator_makes(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tickets.py"), str(tmp_path)], check=True,
+                   capture_output=True, cwd=ROOT)
+    for name in TICKET_SPLITS:
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == tickets_path(name).read_bytes(), name
+
+
+def test_near_duplicate_key():
+    assert near_duplicate_key("Order #123 is LATE!") == near_duplicate_key("order #4567 is late")
+    assert near_duplicate_key("order is late") != near_duplicate_key("order is lost")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "a", "label": "x"}\n{"text": "b"}\n', r"bad.jsonl:2: missing field 'label'"),
+    ('{"text": "a", "label": 3}\n', r"bad.jsonl:1: field 'label' should be str, got int"),
+    ('{"text": "a", "label": "x"}\n\n{"text": oops}\n', r"bad.jsonl:3: invalid JSON"),
+    ('["text", "label"]\n', r"bad.jsonl:1: expected a JSON object, got list"),
+])
+def test_read_jsonl_names_file_line_and_field(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_jsonl(path, {"text": str, "label": str})
+
+
+def test_read_jsonl_rejects_invalid_utf8(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        read_jsonl(path)
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        load_tickets("dev")
