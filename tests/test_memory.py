@@ -1,0 +1,43 @@
+"""course_lib.memory: parameter counts derived from shapes agree with real models."""
+import pytest
+
+from course_lib import lora
+from course_lib.memory import (LLAMA2_7B, NF4_DQ_BITS, TransformerShape, finetune_memory_gb, lora_trainable,
+                               parameter_count)
+
+
+def test_llama2_7b_parameter_count_matches_the_paper():
+    assert parameter_count(LLAMA2_7B) == 6_738_415_616
+
+
+def test_counts_match_a_real_model(tiny):
+    model, _ = tiny
+    shape = TransformerShape.from_config(model.config)
+    assert parameter_count(shape) == sum(p.numel() for p in model.parameters())
+    lora.inject_lora(model, r=4, target_modules=["q_proj", "k_proj", "down_proj"])
+    assert lora_trainable(shape, 4, ("q_proj", "k_proj", "down_proj")) == lora.count_parameters(model)[0]
+
+
+def test_smollm2_shape_from_its_config(smollm2):
+    model, _ = smollm2
+    assert parameter_count(TransformerShape.from_config(model.config)) == 134_515_008
+
+
+def test_finetune_memory_7b():
+    full = finetune_memory_gb(LLAMA2_7B, "full")
+    assert full["total"] == pytest.approx(6_738_415_616 * 16 / 1e9)  # ~107.8 GB
+    lora_mem = finetune_memory_gb(LLAMA2_7B, "lora", r=8)
+    assert lora_mem["frozen_weights"] == pytest.approx(13.48, abs=0.01)
+    assert lora_mem["trained_state"] == pytest.approx(32 * 2 * 8 * 8192 * 16 / 1e9)
+    qlora = finetune_memory_gb(LLAMA2_7B, "qlora", r=8)
+    assert NF4_DQ_BITS == pytest.approx(4.127, abs=1e-3)
+    assert qlora["frozen_weights"] == pytest.approx(6_738_415_616 * NF4_DQ_BITS / 8 / 1e9)
+    assert qlora["total"] < lora_mem["total"] < full["total"]
+    assert finetune_memory_gb(LLAMA2_7B, "lora", r=64)["total"] > lora_mem["total"]
+
+
+def test_bad_method_and_targets():
+    with pytest.raises(ValueError, match="'full', 'lora' or 'qlora'"):
+        finetune_memory_gb(LLAMA2_7B, "adapter")
+    with pytest.raises(ValueError, match=r"unknown target modules \['query'\]"):
+        lora_trainable(LLAMA2_7B, 8, ("query",))
