@@ -1,0 +1,36 @@
+"""Helpers for the notebook tests: read nbgrader cells, build a filled-in submission, run cells."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+REGION = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.S)
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def grade_cells(nb) -> dict[str, nbformat.NotebookNode]:
+    """Cells carrying nbgrader metadata, by grade_id."""
+    return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells if "nbgrader" in c.metadata}
+
+
+def hidden_regions(nb) -> list[str]:
+    """The text of every solution region and hidden-test region of a source notebook."""
+    return [m.group(2) for c in nb.cells for m in REGION.finditer(c.source)]
+
+
+def filled_submission(name: str) -> nbformat.NotebookNode:
+    """The learner notebook with every solution cell replaced by the instructor's solution: what a
+    learner who got everything right would hand in."""
+    learner, solution = read(ROOT / "notebooks" / f"{name}.ipynb"), read(ROOT / "solutions" / f"{name}.ipynb")
+    answers = grade_cells(solution)
+    for cell in learner.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            cell.source = answers[meta["grade_id"]].source
+    return learner

@@ -1,0 +1,53 @@
+"""The instructor pipeline end to end: autograde, feedback and export through the same functions as
+`python -m grader grade`."""
+import csv
+import json
+
+import nbformat
+import pytest
+
+from grader.course import GraderError, find_submissions, grade
+from notebook_tools import ROOT, filled_submission, read
+
+
+def test_find_submissions_reports_what_it_skips(tmp_path):
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "ann" / "03_lora_basics.ipynb").write_text("{}")
+    (tmp_path / "ann" / "homework.ipynb").write_text("{}")
+    (tmp_path / "stray.ipynb").write_text("{}")
+    found, problems = find_submissions(tmp_path)
+    assert [(s.student, s.assignment) for s in found] == [("ann", "03_lora_basics")]
+    assert any("homework.ipynb: not a course notebook" in p for p in problems)
+    assert any("stray.ipynb: not a student folder" in p for p in problems)
+    with pytest.raises(GraderError, match="not a folder"):
+        find_submissions(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_solution_gets_full_marks_and_blank_notebook_zero(tmp_path):
+    name = "03_lora_basics"
+    submissions = tmp_path / "submissions"
+    for student, nb in [("alice", filled_submission(name)), ("bob", read(ROOT / "notebooks" / f"{name}.ipynb"))]:
+        (submissions / student).mkdir(parents=True)
+        nbformat.write(nb, submissions / student / f"{name}.ipynb")
+    out, course = tmp_path / "out", tmp_path / "course"
+
+    grades_csv = grade(submissions, out, course=course, progress=False)
+
+    max_score = sum(c.metadata["nbgrader"].get("points", 0) for c in read(ROOT / "solutions" / f"{name}.ipynb").cells
+                    if "nbgrader" in c.metadata)
+    rows = {r["student_id"]: r for r in csv.DictReader(grades_csv.open())}
+    assert float(rows["alice"]["score"]) == float(rows["alice"]["max_score"]) == max_score
+    assert float(rows["bob"]["score"]) == 0.0
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores[f"alice/{name}"]["total"] == max_score
+    assert all(v == 0 for v in scores[f"bob/{name}"].values())
+    for student in ("alice", "bob"):
+        html = (out / "feedback" / student / f"{name}.html").read_text()
+        assert "<html" in html and name in html
+    # The solution ran top to bottom without a single error, fine-tune and its checks included.
+    graded = read(course / "autograded" / "alice" / name / f"{name}.ipynb")
+    errors = [o for c in graded.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+    text = "".join(o.get("text", "") for c in graded.cells if c.cell_type == "code" for o in c.outputs)
+    assert "after LoRA" in text

@@ -1,0 +1,142 @@
+"""The notebooks: learner versions are current, blank and leak nothing; hidden tests reject wrong answers."""
+import math
+
+import nbformat
+import pytest
+import torch
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from course_lib.grading import GradingError
+from grader.course import assignment_names, stale_notebooks
+from notebook_tools import ROOT, grade_cells, hidden_regions, read
+
+NAMES = assignment_names()
+
+
+def test_course_has_notebooks():
+    assert "03_lora_basics" in NAMES
+    assert sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb")) == NAMES
+
+
+def test_learner_notebooks_are_what_nbgrader_generates_now():
+    assert stale_notebooks() == [], "run `make notebooks` after editing solutions/"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_learner_notebook_has_no_solution_or_hidden_test(name):
+    learner = read(ROOT / "notebooks" / f"{name}.ipynb")
+    text = "\n".join(c.source for c in learner.cells)
+    regions = hidden_regions(read(ROOT / "solutions" / f"{name}.ipynb"))
+    assert regions, "the solution notebook should have solution and hidden-test regions"
+    for region in regions:
+        for line in region.splitlines():
+            if len(line.strip()) > 12:  # short lines ('return A, B') may legitimately recur
+                assert line.strip() not in text, f"learner notebook leaks: {line.strip()!r}"
+    assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text
+    assert all(not c.get("outputs") for c in learner.cells if c.cell_type == "code")
+    for cell in learner.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            assert "raise NotImplementedError()" in cell.source
+        if meta.get("grade"):
+            assert meta.get("locked") and meta.get("points", 0) > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_exercise_has_visible_and_hidden_tests(name):
+    solution = read(ROOT / "solutions" / f"{name}.ipynb")
+    cells = grade_cells(solution)
+    exercises = [gid for gid, c in cells.items() if c.metadata["nbgrader"]["solution"]]
+    assert exercises
+    for gid in exercises:
+        tests = cells.get(f"{gid}_tests")
+        assert tests is not None and tests.metadata["nbgrader"]["grade"], f"{gid} has no graded test cell"
+        visible, _, hidden = tests.source.partition("### BEGIN HIDDEN TESTS")
+        assert visible.strip() and hidden.strip(), f"{gid} needs visible and hidden tests"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_untouched_learner_notebook_stops_at_the_first_exercise(name, tmp_path):
+    nb = read(ROOT / "notebooks" / f"{name}.ipynb")
+    # The blank exercise cells only define functions; the first call, in the first exercise's test cell, raises.
+    first = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade"))
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    with pytest.raises(CellExecutionError, match="NotImplementedError"):
+        client.execute()
+    ran = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count")]
+    assert max(ran) == first
+
+
+# --- Topic 3: the hidden tests reject plausible wrong answers -------------------------------------------
+
+def _namespace(smollm2):
+    """The notebook's import cell plus the model, as the graded cells see them."""
+    solution = read(ROOT / "solutions" / "03_lora_basics.ipynb")
+    ns = {}
+    imports = next(c for c in solution.cells if c.cell_type == "code" and "from course_lib import" in c.source)
+    exec(imports.source, ns)
+    ns["model"], ns["tokenizer"] = smollm2
+    return solution, ns
+
+
+def _run_tests(smollm2, exercise, wrong=None):
+    solution, ns = _namespace(smollm2)
+    cells = grade_cells(solution)
+    for gid, cell in cells.items():  # define every reference solution (later tests use earlier functions)
+        if cell.metadata["nbgrader"]["solution"]:
+            exec(cell.source, ns)
+    if wrong is not None:
+        ns[exercise] = wrong
+    exec(cells[f"{exercise}_tests"].source, ns)
+
+
+WRONG = {
+    "lora_parameter_count": {
+        "full matrix": lambda d_in, d_out, r: d_in * d_out,
+        "square layers assumed": lambda d_in, d_out, r: 2 * r * d_in,
+        "off by one rank": lambda d_in, d_out, r: (r + 1) * (d_in + d_out),
+    },
+    "init_lora": {
+        "B not zero": lambda d_in, d_out, r: (torch.nn.init.kaiming_uniform_(torch.empty(r, d_in), a=math.sqrt(5)),
+                                              torch.randn(d_out, r) * 0.01),
+        "A zero too": lambda d_in, d_out, r: (torch.zeros(r, d_in), torch.zeros(d_out, r)),
+        "A standard normal": lambda d_in, d_out, r: (torch.randn(r, d_in), torch.zeros(d_out, r)),
+        "A transposed": lambda d_in, d_out, r: (torch.rand(d_in, r) * 2 / math.sqrt(d_in) - 1 / math.sqrt(d_in),
+                                                torch.zeros(r, d_out)),
+        "fan_out bound": lambda d_in, d_out, r: ((torch.rand(r, d_in) * 2 - 1) / math.sqrt(r), torch.zeros(d_out, r)),
+        "float64": lambda d_in, d_out, r: ((torch.rand(r, d_in, dtype=torch.float64) * 2 - 1) / math.sqrt(d_in),
+                                           torch.zeros(d_out, r, dtype=torch.float64)),
+    },
+    "lora_forward": {
+        "scaled by alpha": lambda x, W, b, A, B, alpha, r, dropout=torch.nn.Identity():
+            x @ W.T + (0 if b is None else b) + alpha * (dropout(x) @ A.T @ B.T),
+        "scaled by r/alpha": lambda x, W, b, A, B, alpha, r, dropout=torch.nn.Identity():
+            x @ W.T + (0 if b is None else b) + (r / alpha) * (dropout(x) @ A.T @ B.T),
+        "dropout on base path": lambda x, W, b, A, B, alpha, r, dropout=torch.nn.Identity():
+            dropout(x) @ W.T + (0 if b is None else b) + (alpha / r) * (dropout(x) @ A.T @ B.T),
+        "dropout ignored": lambda x, W, b, A, B, alpha, r, dropout=torch.nn.Identity():
+            x @ W.T + (0 if b is None else b) + (alpha / r) * (x @ A.T @ B.T),
+        "bias dropped": lambda x, W, b, A, B, alpha, r, dropout=torch.nn.Identity():
+            x @ W.T + (alpha / r) * (dropout(x) @ A.T @ B.T),
+    },
+    "merge_lora_weight": {
+        "transposed update": lambda W, A, B, alpha, r: W + (alpha / r) * (B @ A).T
+            if W.shape[0] == W.shape[1] else W + (alpha / r) * (B @ A),
+        "scaled by alpha": lambda W, A, B, alpha, r: W + alpha * (B @ A),
+        "in place": lambda W, A, B, alpha, r: W.add_((alpha / r) * (B @ A)),
+    },
+}
+
+
+@pytest.mark.parametrize("exercise", sorted(WRONG))
+def test_reference_solution_passes_all_tests(smollm2, exercise):
+    _run_tests(smollm2, exercise)
+
+
+@pytest.mark.parametrize("exercise, mistake", [(e, m) for e in sorted(WRONG) for m in sorted(WRONG[e])])
+def test_hidden_tests_reject_wrong_answer(smollm2, exercise, mistake):
+    with pytest.raises((GradingError, AssertionError, RuntimeError)) as err:
+        _run_tests(smollm2, exercise, WRONG[exercise][mistake])
+    if isinstance(err.value, GradingError):
+        assert len(str(err.value)) > 20  # the learner is told what is wrong
