@@ -41,4 +41,6 @@ bench: setup
 
 ## lock: re-pin constraints.txt from the current environment
 lock: $(STAMP)
-	$(PIP) freeze --exclude-editable | sed 's/+cpu$$//' > constraints.txt
+	printf '%s\n' '# Exact versions CI and `make setup` install (pip freeze of a working environment, Python 3.11).' \
+	  '# Ranges live in pyproject.toml; regenerate this file with `make lock` after changing them.' > constraints.txt
+	$(PIP) freeze --exclude-editable | sed 's/+cpu$$//' >> constraints.txt
