@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .quant import QuantLinear
+
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -39,19 +41,25 @@ def lora_scaling(alpha: float, r: int, use_rslora: bool = False) -> float:
 
 
 class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` (``base_layer``) plus a trainable rank-``r`` update ``lora_B @ lora_A``."""
+    """A frozen ``nn.Linear`` (``base_layer``) plus a trainable rank-``r`` update ``lora_B @ lora_A``.
 
-    def __init__(self, base_layer: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+    The base may also be a quantized :class:`~course_lib.quant.QuantLinear`: that is QLoRA (the frozen
+    weights stay 4-bit; gradients flow through their on-the-fly dequantization into A and B).
+    """
+
+    def __init__(self, base_layer: nn.Linear | QuantLinear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  use_rslora: bool = False):
         super().__init__()
-        if not isinstance(base_layer, nn.Linear):
-            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base_layer).__name__}")
+        if not isinstance(base_layer, (nn.Linear, QuantLinear)):
+            raise TypeError(f"LoRALinear wraps nn.Linear or QuantLinear, got {type(base_layer).__name__}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
         self.base_layer = base_layer.requires_grad_(False)
         self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
         self.scaling = lora_scaling(alpha, r, use_rslora)
-        factory = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
+        quantized = isinstance(base_layer, QuantLinear)
+        factory = {"device": (base_layer.codes if quantized else base_layer.weight).device,
+                   "dtype": base_layer.compute_dtype if quantized else base_layer.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(r, base_layer.in_features, **factory))
         self.lora_B = nn.Parameter(torch.empty(base_layer.out_features, r, **factory))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -76,6 +84,9 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into the base weight (W += scaling * B A); forward then costs one matmul."""
+        if isinstance(self.base_layer, QuantLinear):
+            raise ValueError("cannot merge into a quantized base weight: the sum is not representable in its "
+                             "4/8-bit codes; dequantize the model (or reload it in full precision) first")
         if not self.merged:
             self.base_layer.weight += self.delta_weight()
             self.merged = True
@@ -101,7 +112,8 @@ def _matches(name: str, targets: str | Iterable[str]) -> bool:
 
 def inject_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                 target_modules: str | Iterable[str] = DEFAULT_TARGETS, use_rslora: bool = False) -> nn.Module:
-    """Freeze every parameter of ``model`` and wrap each targeted ``nn.Linear`` in a :class:`LoRALinear`.
+    """Freeze every parameter of ``model`` and wrap each targeted ``nn.Linear`` (or ``QuantLinear``) in a
+    :class:`LoRALinear`.
 
     ``target_modules``: module-name suffixes (default q_proj, v_proj) or one full-match regex, as in PEFT.
     Returns the same model, modified in place. Raises if nothing matched.
@@ -110,9 +122,10 @@ def inject_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: floa
         target_modules = tuple(target_modules)
     model.requires_grad_(False)
     targets = [(name, module) for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and _matches(name, target_modules)]
+               if isinstance(module, (nn.Linear, QuantLinear)) and _matches(name, target_modules)]
     if not targets:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if isinstance(m, (nn.Linear, QuantLinear))})
         raise ValueError(f"target_modules={target_modules!r} matched no nn.Linear; this model's linear "
                          f"layers are named {linear}")
     for name, module in targets:
