@@ -56,6 +56,25 @@ def near_duplicate_key(text: str) -> str:
     return " ".join(re.sub(r"[^\w#\s]", " ", text).split())
 
 
+def reference_prose(max_chars: int | None = None) -> str:
+    """Plain English prose that ships with Python itself: the prose paragraphs (no grammar rules, code or
+    lists) of the Python Language Reference topics in ``pydoc_data.topics``, in a fixed order. Real text,
+    not written for this course; used to measure perplexity."""
+    from pydoc_data.topics import topics
+
+    paragraphs = []
+    for name in sorted(topics):
+        for block in topics[name].split("\n\n"):
+            if block.startswith((" ", "*", '"')) or "::=" in block:
+                continue
+            text = " ".join(block.split())
+            letters = sum(c.isalpha() or c == " " for c in text)
+            if len(text) >= 250 and letters / len(text) > 0.93 and not text.startswith("Note"):
+                paragraphs.append(text)
+    prose = "\n\n".join(paragraphs)
+    return prose if max_chars is None else prose[:max_chars]
+
+
 def tickets_path(split: str) -> Path:
     """Path of one split of the packaged support-ticket data set."""
     if split not in TICKET_SPLITS:
