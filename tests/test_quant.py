@@ -235,3 +235,17 @@ def test_qlora_learns_on_cpu(tiny):
     layer = next(l for _, l in lora.lora_layers(model))
     with pytest.raises(ValueError, match="cannot merge into a quantized base"):
         layer.merge()
+
+
+def test_quant_linear_backward_recomputes_instead_of_saving_the_weight():
+    w = torch.randn(256, 128) * 0.05
+    layer = quant.QuantLinear(_linear_with(w, torch.randn(256)), "nf4")
+    x = torch.randn(4, 128, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = layer(x)
+    assert not any(t.shape == w.shape for t in saved), "a full-size weight was saved for backward"
+    out.pow(2).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    (x2 @ layer.dequantized_weight().T + layer.bias).pow(2).sum().backward()
+    assert_tensors_close(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
