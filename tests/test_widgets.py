@@ -26,3 +26,27 @@ def test_sliders_update_the_table(tiny):
     assert f"{lora_trainable(LLAMA2_7B, 64):,}" in table.value
     alpha.value = 128
     assert "<b>2</b>" in table.value  # scaling 128 / 64
+
+
+def test_bitwidth_explorer_recomputes(monkeypatch):
+    import torch
+    from course_lib import widgets as course_widgets
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0)) * 0.02
+    cache = {f"{b}bit-{k}": 10.0 + b for b in range(2, 9) for k in (32, 64, 128, 256, "row")}
+    seen = []
+    monkeypatch.setattr(course_widgets, "quantization_snr_db", lambda a, b: seen.append(b) or 1.0)
+    box = course_widgets.bitwidth_explorer(w, "test", cache, n_params=1000)
+    (bits, block), _ = box.children[0].children, box.children[1]
+    bits.value = 8
+    block.value = None
+    assert len(seen) == 3
+    assert (seen[1] - w).abs().max() < (seen[0] - w).abs().max()  # 8 bits beat 4 bits
+    assert not torch.equal(seen[1], seen[2])  # per-row scale differs from blocks of 64
+
+
+def test_snr():
+    import torch
+    from course_lib.widgets import quantization_snr_db
+    w = torch.ones(100)
+    assert quantization_snr_db(w, w) == float("inf")
+    assert abs(quantization_snr_db(w, w * 1.1) - 20.0) < 1e-4

@@ -1,0 +1,138 @@
+"""Measure quantization on the embedded SmolLM2-135M-Instruct and write the results as JSON.
+
+* ``table``: perplexity on reference English prose (Python's own language reference, 2,048 tokens), weight
+  memory (bytes the linear layers' tensors hold) and forward latency, for FP32 / INT8 / INT4 / NF4 /
+  NF4 + double quantization; and perplexity for uniform absmax quantization at 2..8 bits and several
+  block sizes (the cache behind topic 4's bit-width slider).
+* ``finetune``: LoRA over the FP32 base vs QLoRA over the NF4 / NF4+DQ base on the support-ticket task
+  (r=8, q/v, 60 steps of 8, lr 1e-3, seed 0): test accuracy, training time, peak resident memory during
+  training (sampled every 20 ms), each in its own process so that peaks do not mix.
+
+    python scripts/measure_quant.py [table|finetune|all]   -> course_lib/data/measurements/*.json
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+from torch import nn
+
+from course_lib import classify, lora, quant
+from course_lib.data import load_tickets, reference_prose
+from course_lib.metrics import perplexity
+from course_lib.models import load_default_model
+
+OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements"
+PPL_TOKENS, WINDOW = 2048, 512
+METHODS = ("fp32", "int8", "int4", "nf4", "nf4-dq")
+
+
+def _linear_layers(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith("lm_head")]
+
+
+def _latency(model, tokenizer, text: str, repeat: int = 3) -> float:
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :256]
+    times = []
+    with torch.inference_mode():
+        model(input_ids=ids)
+        for _ in range(repeat):
+            start = time.perf_counter()
+            model(input_ids=ids)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def table() -> dict:
+    base, tokenizer = load_default_model(device="cpu")
+    text = reference_prose()
+    rows = {}
+    for method in METHODS:
+        model = copy.deepcopy(base)
+        if method != "fp32":
+            quant.quantize_model(model, method)
+        rows[method] = {"perplexity": perplexity(model, tokenizer, text, WINDOW, PPL_TOKENS),
+                        "linear_weight_bytes": quant.linear_weight_bytes(model),
+                        "model_bytes": quant.tensor_bytes(model),
+                        "forward_seconds_256_tokens": _latency(model, tokenizer, text)}
+        print(method, rows[method], flush=True)
+        del model
+        gc.collect()
+    sweep = {}
+    originals = {n: m.weight.detach().clone() for n, m in _linear_layers(base)}
+    for block in (32, 64, 128, 256, None):
+        for bits in range(2, 9):
+            with torch.no_grad():
+                for name, module in _linear_layers(base):
+                    module.weight.copy_(quant.fake_quantize(originals[name], bits, block))
+            key = f"{bits}bit-{'row' if block is None else block}"
+            sweep[key] = perplexity(base, tokenizer, text, WINDOW, PPL_TOKENS)
+            print(key, round(sweep[key], 3), flush=True)
+    return {"model": "SmolLM2-135M-Instruct (dequantized from the Q4_1 GGUF)", "text": "reference_prose()",
+            "tokens": PPL_TOKENS, "window": WINDOW, "methods": rows, "uniform_sweep": sweep,
+            "torch_threads": torch.get_num_threads()}
+
+
+def finetune_one(base_method: str) -> dict:
+    torch.manual_seed(0)
+    model, tokenizer = load_default_model(device="cpu")
+    if base_method != "fp32":
+        quant.quantize_model(model, base_method)
+    gc.collect()
+    base_bytes = quant.linear_weight_bytes(model)
+    lora.inject_lora(model, r=8, alpha=16)
+    process, peak, done = psutil.Process(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.02)
+
+    rss_before = process.memory_info().rss
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    history = classify.train_classifier(model, tokenizer, load_tickets("train"), steps=60, batch_size=8, lr=1e-3,
+                                        progress=False)
+    done.set()
+    thread.join()
+    accuracy = classify.evaluate(model, tokenizer, load_tickets("test"), batch_size=32, progress=False)
+    return {"base": base_method, "test_accuracy": accuracy, "train_seconds": history["seconds"][-1],
+            "final_loss": history["loss"][-1], "linear_weight_bytes": base_bytes,
+            "rss_before_training_mb": rss_before / 1e6, "peak_rss_training_mb": peak[0] / 1e6}
+
+
+def finetune() -> dict:
+    results = {}
+    for method in ("fp32", "nf4", "nf4-dq"):
+        out = subprocess.run([sys.executable, __file__, "_finetune_one", method], check=True,
+                             capture_output=True, text=True).stdout
+        results[method] = json.loads(out.strip().splitlines()[-1])
+        print(method, results[method], flush=True)
+    return results
+
+
+def main() -> None:
+    torch.set_num_threads(os.cpu_count() or 1)
+    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if what == "_finetune_one":
+        print(json.dumps(finetune_one(sys.argv[2])))
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    if what in ("table", "all"):
+        (OUT / "quant_smollm2.json").write_text(json.dumps(table(), indent=1) + "\n")
+    if what in ("finetune", "all"):
+        (OUT / "qlora_tickets.json").write_text(json.dumps(finetune(), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
