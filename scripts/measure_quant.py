@@ -5,14 +5,16 @@
   NF4 + double quantization; and perplexity for uniform absmax quantization at 2..8 bits and several
   block sizes (the cache behind topic 4's bit-width slider).
 * ``finetune``: LoRA over the FP32 base vs QLoRA over the NF4 / NF4+DQ base on the support-ticket task
-  (r=8, q/v, 60 steps of 8, lr 1e-3, seed 0): test accuracy, training time, peak resident memory during
-  training (sampled every 20 ms), each in its own process so that peaks do not mix.
+  (r=8, q/v, 60 steps of 8, lr 1e-3, seed 0): test accuracy, training time, resident memory before
+  training and its peak during training (sampled every 20 ms), each in its own process so that peaks
+  do not mix. Freed memory is handed back to the OS (malloc_trim) before training starts.
 
     python scripts/measure_quant.py [table|finetune|all]   -> course_lib/data/measurements/*.json
 """
 from __future__ import annotations
 
 import copy
+import ctypes
 import gc
 import json
 import os
@@ -83,12 +85,28 @@ def table() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def _release_freed_memory() -> None:
+    """Hand memory freed by Python/torch back to the OS (glibc keeps it otherwise), so that resident
+    memory reflects the tensors alive now, not the fp32 copies that quantization discarded."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: RSS then also counts freed memory
+        pass
+
+
 def finetune_one(base_method: str) -> dict:
     torch.manual_seed(0)
     model, tokenizer = load_default_model(device="cpu")
+    # The weights are memory-mapped from the safetensors cache; copy them into ordinary memory so that the
+    # mapping is released and resident memory counts only the tensors the model holds from here on.
+    with torch.no_grad():
+        for p in model.parameters():  # tied weights are one Parameter, copied once
+            p.data = p.data.clone()
+    gc.collect()
     if base_method != "fp32":
         quant.quantize_model(model, base_method)
     gc.collect()
+    _release_freed_memory()
     base_bytes = quant.linear_weight_bytes(model)
     lora.inject_lora(model, r=8, alpha=16)
     process, peak, done = psutil.Process(), [0], threading.Event()
@@ -108,14 +126,19 @@ def finetune_one(base_method: str) -> dict:
     accuracy = classify.evaluate(model, tokenizer, load_tickets("test"), batch_size=32, progress=False)
     return {"base": base_method, "test_accuracy": accuracy, "train_seconds": history["seconds"][-1],
             "final_loss": history["loss"][-1], "linear_weight_bytes": base_bytes,
-            "rss_before_training_mb": rss_before / 1e6, "peak_rss_training_mb": peak[0] / 1e6}
+            "rss_before_training_mb": rss_before / 1e6, "peak_rss_training_mb": peak[0] / 1e6,
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
 
 
 def finetune() -> dict:
     results = {}
     for method in ("fp32", "nf4", "nf4-dq"):
+        # A fixed mmap threshold makes glibc return every freed tensor buffer to the OS at once (its default
+        # raises the threshold as buffers are freed and then keeps them), so that resident memory follows
+        # the tensors alive, not the allocator's history.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         out = subprocess.run([sys.executable, __file__, "_finetune_one", method], check=True,
-                             capture_output=True, text=True).stdout
+                             capture_output=True, text=True, env=env).stdout
         results[method] = json.loads(out.strip().splitlines()[-1])
         print(method, results[method], flush=True)
     return results

@@ -41,6 +41,16 @@ def _pair(model, r=4, alpha=12.0, targets=("q_proj", "v_proj"), use_rslora=False
     return ours, theirs
 
 
+def _forward_backward(ours, theirs, batch, atol):
+    """Logits equal within ``atol``; then backpropagate both losses. Returns PEFT's modules by name."""
+    out_ours = ours(**batch, labels=batch["input_ids"])
+    out_theirs = theirs(**batch, labels=batch["input_ids"])
+    assert_tensors_close(out_ours.logits, out_theirs.logits, atol=atol, rtol=0)
+    out_ours.loss.backward()
+    out_theirs.loss.backward()
+    return dict(theirs.base_model.model.named_modules())
+
+
 def _batch(tokenizer):
     return tokenizer(["LoRA adds a low-rank update.", "The base weights stay frozen while we train."],
                      return_tensors="pt", padding=True)
@@ -50,13 +60,7 @@ def _batch(tokenizer):
 def test_outputs_and_gradients_equal_peft(tiny, use_rslora):
     model, tokenizer = tiny
     ours, theirs = _pair(model, use_rslora=use_rslora)
-    batch = _batch(tokenizer)
-    out_ours = ours(**batch, labels=batch["input_ids"])
-    out_theirs = theirs(**batch, labels=batch["input_ids"])
-    assert_tensors_close(out_ours.logits, out_theirs.logits, atol=1e-6, rtol=0)
-    out_ours.loss.backward()
-    out_theirs.loss.backward()
-    peft_modules = dict(theirs.base_model.model.named_modules())
+    peft_modules = _forward_backward(ours, theirs, _batch(tokenizer), atol=1e-6)
     for name, layer in lora.lora_layers(ours):
         assert_tensors_close(layer.lora_A.grad, peft_modules[name].lora_A["default"].weight.grad, atol=1e-6, rtol=0,
                              name=f"{name}.lora_A.grad")
@@ -221,13 +225,8 @@ def test_load_adapter_rejects_bad_folders(tiny, tmp_path):
 def test_equal_to_peft_on_smollm2(smollm2):
     model, tokenizer = smollm2
     ours, theirs = _pair(model, r=16, alpha=32)
-    batch = _batch(tokenizer)
-    out_ours = ours(**batch, labels=batch["input_ids"])
-    out_theirs = theirs(**batch, labels=batch["input_ids"])
-    assert_tensors_close(out_ours.logits, out_theirs.logits, atol=1e-5, rtol=0)
-    out_ours.loss.backward()
-    out_theirs.loss.backward()
+    peft_modules = _forward_backward(ours, theirs, _batch(tokenizer), atol=1e-5)
     name, layer = next(lora.lora_layers(ours))
-    peft_layer = dict(theirs.base_model.model.named_modules())[name]
+    peft_layer = peft_modules[name]
     assert_tensors_close(layer.lora_B.grad, peft_layer.lora_B["default"].weight.grad, atol=1e-6, rtol=1e-4)
     assert lora.count_parameters(ours) == theirs.get_nb_trainable_parameters() == (921_600, 135_436_608)

