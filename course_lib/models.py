@@ -155,12 +155,12 @@ def load_tokenizer() -> "AutoTokenizer":
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
-def tiny_model(seed: int = 0, hidden_size: int = 96, num_layers: int = 2,
-               vocab_size: int | None = None) -> tuple[LlamaForCausalLM, "AutoTokenizer"]:
+def tiny_model(seed: int = 0, hidden_size: int = 96, num_layers: int = 2, vocab_size: int | None = None,
+               tokenizer=None) -> tuple[LlamaForCausalLM, "AutoTokenizer"]:
     """A randomly initialised Llama with SmolLM2's layout (module names q_proj, k_proj, v_proj, o_proj,
-    gate_proj, up_proj, down_proj; 3:1 grouped-query heads; tied embeddings) and SmolLM2's tokenizer.
-    For fast tests: it computes like the real model but knows nothing."""
-    tokenizer = load_tokenizer()
+    gate_proj, up_proj, down_proj; 3:1 grouped-query heads; tied embeddings) and SmolLM2's tokenizer
+    (or the one given). For fast tests: it computes like the real model but knows nothing."""
+    tokenizer = tokenizer or load_tokenizer()
     config = LlamaConfig(
         vocab_size=vocab_size or len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 8 // 3,
         head_dim=hidden_size // 6,
