@@ -131,9 +131,9 @@ def find_submissions(folder: Path) -> tuple[list[Submission], list[str]]:
 def autograde(api: NbGraderAPI, submissions: list[Submission], progress: bool = True) -> None:
     """Place each submission in the course's submitted/ folder and run nbgrader autograde on it."""
     root = Path(api.coursedir.root)
-    released = {s.assignment for s in submissions}
-    if released - set(api.get_source_assignments()) or not (root / "gradebook.db").exists():
-        release(api, sorted(released))
+    # Release from solutions/ every time (about a second each): the gradebook's tests are always the
+    # current ones, even if solutions/ changed since the last grading run.
+    release(api, sorted({s.assignment for s in submissions}))
     for i, sub in enumerate(submissions, start=1):
         target = root / "submitted" / sub.student / sub.assignment
         shutil.rmtree(target, ignore_errors=True)
