@@ -54,9 +54,11 @@ def plot_nf4_levels(normalized: Sequence[float], levels: Sequence[float], title:
 def plot_perplexity_vs_memory(rows: dict[str, dict], baseline: str = "fp32"):
     """Perplexity against weight memory (MB) for each method in ``rows`` (name -> {"perplexity", "mb"})."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for name, row in rows.items():
+    for i, (name, row) in enumerate(rows.items()):
         ax.scatter(row["mb"], row["perplexity"], s=50)
-        ax.annotate(name, (row["mb"], row["perplexity"]), textcoords="offset points", xytext=(6, 4))
+        # alternate labels above and below: points of equal quality (nf4, nf4-dq) sit side by side
+        ax.annotate(name, (row["mb"], row["perplexity"]), textcoords="offset points",
+                    xytext=(4, 6 if i % 2 == 0 else -14))
     ax.axhline(rows[baseline]["perplexity"], ls="--", color="k", lw=1, label=f"{baseline} perplexity")
     ax.set(xlabel="weight memory of the linear layers (MB)", ylabel="perplexity (lower is better)",
            title="Quality vs memory", xscale="log")

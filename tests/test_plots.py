@@ -1,0 +1,23 @@
+"""course_lib.plots: the smoothing is right and every plot shows what it is given."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+from course_lib.plots import moving_average, plot_accuracy, plot_loss, plot_nf4_levels, plot_perplexity_vs_memory
+
+
+def test_moving_average_is_trailing():
+    assert moving_average([2, 4, 6, 8], 2) == [2, 3, 5, 7]
+    assert moving_average([1, 2, 3], 5) == [1, 1.5, 2]
+
+
+def test_plots_show_their_data():
+    ax = plot_loss([3.0, 2.0, 1.0]).axes[0]
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[3.0, 2.0, 1.0], [3.0, 2.5, 2.0]]
+    fig = plot_accuracy(0.25, 0.9, chance=0.2)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["25%", "90%"]
+    fig = plot_nf4_levels([0.1, -0.5, 0.9], [-1.0, 0.0, 1.0])
+    assert len(fig.axes[0].get_lines()) == 3
+    rows = {"fp32": {"perplexity": 19.0, "mb": 425.0}, "nf4": {"perplexity": 23.4, "mb": 59.7}}
+    fig = plot_perplexity_vs_memory(rows)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["fp32", "nf4"]
