@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .lora import lora_parameter_count
+
 GB = 1e9
 BYTES_PER_TRAINED_PARAM = 2 + 2 + 4 + 8  # fp16 weight + fp16 grad + fp32 master + Adam m and v
 NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 absmaxes
@@ -84,7 +86,7 @@ def lora_trainable(shape: TransformerShape, r: int, targets: tuple[str, ...] = (
     unknown = set(targets) - set(shapes)
     if unknown:
         raise ValueError(f"unknown target modules {sorted(unknown)}; choose from {sorted(shapes)}")
-    return shape.num_layers * sum(r * (shapes[t][0] + shapes[t][1]) for t in targets)
+    return shape.num_layers * lora_parameter_count([shapes[t] for t in targets], r)
 
 
 def finetune_memory_gb(shape: TransformerShape, method: str, r: int = 8,

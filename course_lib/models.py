@@ -107,6 +107,14 @@ def _cache_is_current(folder: Path) -> bool:
     return recorded == _fingerprint(gguf_path())
 
 
+def _ensure_cache() -> Path:
+    """The cache folder, converted from the GGUF file first if it is missing or stale."""
+    folder = cache_dir()
+    if not _cache_is_current(folder):
+        convert_gguf(folder)
+    return folder
+
+
 def load_default_model(device: str | torch.device | None = None,
                        dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, "AutoTokenizer"]:
     """Return ``(model, tokenizer)`` for SmolLM2-135M-Instruct, offline, from the embedded GGUF file.
@@ -114,9 +122,7 @@ def load_default_model(device: str | torch.device | None = None,
     Converts and caches on first use; later calls load the cached safetensors. ``device`` defaults to
     CUDA when available, else CPU.
     """
-    folder = cache_dir()
-    if not _cache_is_current(folder):
-        convert_gguf(folder)
+    folder = _ensure_cache()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a cached load takes well under a second: no bar needed
     try:
@@ -149,10 +155,7 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
 
 def load_tokenizer() -> "AutoTokenizer":
     """The SmolLM2 tokenizer alone (from the cache; builds the cache on first use)."""
-    folder = cache_dir()
-    if not _cache_is_current(folder):
-        convert_gguf(folder)
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return AutoTokenizer.from_pretrained(_ensure_cache(), local_files_only=True)
 
 
 def tiny_model(seed: int = 0, hidden_size: int = 96, num_layers: int = 2, vocab_size: int | None = None,

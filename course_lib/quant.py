@@ -132,6 +132,22 @@ def _blocks(w: torch.Tensor, block_size: int) -> torch.Tensor:
     return F.pad(flat, (0, pad)).view(-1, block_size)
 
 
+def _scaled_blocks(w: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each value divided by its block's absmax (as a multiplication by the reciprocal, like bitsandbytes),
+    clamped to [-1, 1] and flattened to ``w.numel()`` values; and the fp32 absmax of every block."""
+    blocks = _blocks(w, block_size)
+    absmax = blocks.abs().amax(dim=1)
+    scaled = (blocks * (1.0 / absmax.clamp_min(1e-38)).unsqueeze(1)).clamp(-1, 1)
+    return scaled.reshape(-1)[:w.numel()], absmax
+
+
+def _scale_blocks_back(values: torch.Tensor, absmax: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
+    """Multiply the first ``n`` values block by block by their absmax (inverse of :func:`_scaled_blocks`)."""
+    if values.numel() != n or n % block_size:
+        values = F.pad(values[:n], (0, -n % block_size))
+    return (values.view(-1, block_size) * absmax.unsqueeze(1)).view(-1)[:n]
+
+
 def _nearest_level(scaled: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """Index of the nearest level (levels sorted); a value exactly halfway goes to the lower level."""
     midpoints = (levels[:-1] + levels[1:]) / 2
@@ -163,9 +179,7 @@ def _byte_table(levels: torch.Tensor) -> torch.Tensor:
 def _quantize_4bit_blocks(w: torch.Tensor, block_size: int, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _check(w)
     _check_block(block_size)
-    blocks = _blocks(w, block_size)
-    absmax = blocks.abs().amax(dim=1)
-    scaled = (blocks * (1.0 / absmax.clamp_min(1e-38)).unsqueeze(1)).clamp(-1, 1).reshape(-1)[:w.numel()]
+    scaled, absmax = _scaled_blocks(w, block_size)
     if w.numel() % 2:  # an odd count fills its last byte with the code of 0.0, as bitsandbytes does
         scaled = F.pad(scaled, (0, 1))
     return pack_4bit(_nearest_level_4bit(scaled, levels)), absmax
@@ -175,10 +189,7 @@ def _dequantize_4bit_blocks(packed: torch.Tensor, absmax: torch.Tensor, shape: t
                             levels: torch.Tensor) -> torch.Tensor:
     n = math.prod(shape)
     values = F.embedding(packed.to(torch.int32), _byte_table(levels).to(packed.device)).view(-1)
-    if values.numel() != n or n % block_size:
-        values = F.pad(values[:n], (0, -n % block_size))
-    values = values.view(-1, block_size) * absmax.unsqueeze(1)
-    return values.view(-1)[:n].view(shape)
+    return _scale_blocks_back(values, absmax, n, block_size).view(shape)
 
 
 def nf4_quantize(w: torch.Tensor, block_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,9 +239,7 @@ def quantize_blockwise_8bit(x: torch.Tensor, block_size: int = 256,
     _check(x, "values")
     _check_block(block_size)
     code = dynamic_map_8bit() if code is None else code
-    blocks = _blocks(x, block_size)
-    absmax = blocks.abs().amax(dim=1)
-    scaled = (blocks * (1.0 / absmax.clamp_min(1e-38)).unsqueeze(1)).clamp(-1, 1).reshape(-1)[:x.numel()]
+    scaled, absmax = _scaled_blocks(x, block_size)
     return _nearest_level(scaled, code).to(torch.uint8).view(x.shape), absmax
 
 
@@ -238,9 +247,7 @@ def dequantize_blockwise_8bit(q: torch.Tensor, absmax: torch.Tensor, block_size:
                               code: torch.Tensor | None = None) -> torch.Tensor:
     """Undo :func:`quantize_blockwise_8bit`."""
     code = (dynamic_map_8bit() if code is None else code).to(q.device)
-    n = q.numel()
-    values = F.pad(code[q.reshape(-1).long()], (0, -n % block_size)).view(-1, block_size) * absmax.unsqueeze(1)
-    return values.reshape(-1)[:n].view(q.shape)
+    return _scale_blocks_back(code[q.reshape(-1).long()], absmax, q.numel(), block_size).view(q.shape)
 
 
 @dataclass
