@@ -12,6 +12,8 @@ from pathlib import Path
 
 TICKET_LABELS = ("account", "delivery", "feedback", "payment", "technical")
 TICKET_SPLITS = ("train", "validation", "test")
+PREFERENCE_SPLITS = ("train", "test")
+PREFERENCE_FIELDS = {"id": str, "prompt": str, "chosen": str, "rejected": str, "rejected_kind": str, "label": str}
 
 
 class DataError(ValueError):
@@ -90,3 +92,13 @@ def load_tickets(split: str) -> list[dict]:
         if row["label"] not in TICKET_LABELS:
             raise DataError(f"{path}:{number}: field 'label' is {row['label']!r}, not one of {TICKET_LABELS}")
     return rows
+
+
+def load_preferences(split: str) -> list[dict]:
+    """Preference pairs of the support house style (``scripts/make_preferences.py`` says how they were made):
+    dicts with ``id``, ``prompt`` (a ticket), ``chosen`` and ``rejected`` replies, ``rejected_kind`` (how the
+    rejected reply breaks the style) and the ticket's ``label``."""
+    if split not in PREFERENCE_SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {PREFERENCE_SPLITS}")
+    path = Path(str(resources.files("course_lib") / "data" / "preferences" / f"{split}.jsonl"))
+    return read_jsonl(path, PREFERENCE_FIELDS)

