@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ GREETING = "Hi, thanks for contacting Acme!"
 SIGN_OFF = "- Acme Support"
 MAX_WORDS = 60
 MIN_ANSWER_WORDS = 8
-_CREDENTIAL_WORDS = ("password", "card number", "security code", "cvv", "pin code")
+_ASKS_FOR_CREDENTIALS = re.compile(r"\b(send|share|give|tell|reply with|provide|type|enter)\b[^.!?]*"
+                                   r"\b(password|card number|security code|cvv|pin)\b", re.IGNORECASE)
 
 
 # --- the behaviour we align to -------------------------------------------------------------------------------
@@ -40,7 +42,7 @@ def house_style(reply: str) -> dict[str, bool]:
     return {"greeting": text.startswith(GREETING),
             "answers": len(body.split()) >= MIN_ANSWER_WORDS,
             "concise": len(text.split()) <= MAX_WORDS,
-            "no_credentials": not any(w in text.lower() for w in _CREDENTIAL_WORDS),
+            "no_credentials": _ASKS_FOR_CREDENTIALS.search(text) is None,
             "sign_off": text.endswith(SIGN_OFF)}
 
 

@@ -44,6 +44,7 @@ def test_house_style_rules_each_catch_their_fault():
     assert not align.house_style(good.replace("today", "today " + "really " * 60))["concise"]
     assert not align.house_style(good.replace("to your original card", "once you send your PIN code"))[
         "no_credentials"]
+    assert align.house_style(good.replace("today", "today; change your password under Settings"))["no_credentials"]
     report = align.style_report([good, f"{align.GREETING} {align.SIGN_OFF}"])
     assert report["compliant"] == 0.5 and report["greeting"] == 1.0 and report["answers"] == 0.5
 
@@ -82,8 +83,11 @@ def test_sft_labels_equal_trl_assistant_only_loss(tiny, tmp_path, max_length):
     trainer = SFTTrainer(model=model, args=config, processing_class=tokenizer,
                          train_dataset=Dataset.from_list([{"messages": c} for c in CHATS]))
     batch = next(iter(trainer.get_train_dataloader()))
-    for row, chat in enumerate(CHATS):
-        ids, labels = align.sft_example(tokenizer, chat, max_length=max_length)
+    ours = [align.sft_example(tokenizer, chat, max_length=max_length) for chat in CHATS]
+    # TRL drops examples whose reply was cut off entirely (nothing left to train on)
+    kept = [(ids, labels) for ids, labels in ours if any(lab != align.IGNORE_INDEX for lab in labels)]
+    assert len(kept) == len(batch["input_ids"]) and (max_length != 30 or len(kept) == 1)
+    for row, (ids, labels) in enumerate(kept):
         n = len(ids)
         assert batch["input_ids"][row, :n].tolist() == ids
         assert batch["labels"][row, :n].tolist() == labels
@@ -182,8 +186,9 @@ def test_conservative_dpo_and_ipo_hand_values():
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 def test_dpo_loss_equals_trl_dpotrainer_on_its_own_batch(tiny, tmp_path, loss_type):
-    """TRL computes policy and reference log-probs and the loss inside DPOTrainer; ours, from the same batch
-    and models, must agree within 1e-6 (loss and logged implicit rewards)."""
+    """Inside DPOTrainer, TRL computes policy and reference log-probs and then the loss. Fed the log-probs TRL
+    computed, our loss equals TRL's within 1e-6 (and so do the logged implicit rewards); our own log-probs of
+    the same batch agree with TRL's to float32 rounding."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -198,22 +203,30 @@ def test_dpo_loss_equals_trl_dpotrainer_on_its_own_batch(tiny, tmp_path, loss_ty
                        train_sampling_strategy="sequential", dataloader_num_workers=0)
     trainer = DPOTrainer(model=policy, ref_model=reference, args=config, processing_class=tokenizer,
                          train_dataset=Dataset.from_list(rows))
+    captured = {}
+    for name, module in (("policy", trainer.model), ("reference", trainer.ref_model)):
+        module.register_forward_hook(lambda mod, args, out, name=name: captured.__setitem__(name, out.log_probs))
     batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():
         trl_loss = trainer._compute_loss(trainer.model, batch, return_outputs=False).item()
-    ours = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-            "labels": batch["input_ids"].masked_fill(batch["completion_mask"] == 0, align.IGNORE_INDEX)}
-    average = loss_type == "ipo"  # TRL's IPO normalises the log-ratios by the reply length
-    with torch.no_grad():
-        pc, pr = align.sequence_logprobs(policy, ours, average=average).chunk(2)
-        rc, rr = align.sequence_logprobs(reference, ours, average=average).chunk(2)
-    out = align.dpo_loss(pc, pr, rc, rr, beta=0.3, loss_type=loss_type)
+    mask = batch["completion_mask"][:, 1:]
+    assert all((logps[:, -mask.shape[1]:][mask == 0] == 0).all() for logps in captured.values())  # reply tokens only
+    length = batch["completion_mask"].sum(1).float() if loss_type == "ipo" else 1.0  # TRL's IPO: per-token mean
+    trl_logps = {name: logps[:, -mask.shape[1]:].sum(1) / length for name, logps in captured.items()}
+    out = align.dpo_loss(*trl_logps["policy"].chunk(2), *trl_logps["reference"].chunk(2), beta=0.3, loss_type=loss_type)
     assert out.loss.item() == pytest.approx(trl_loss, abs=1e-6)
     if loss_type == "sigmoid":
-        logged = trainer._metrics["train"]
+        logged = trainer._metrics["train" if trainer.model.training else "eval"]
         assert out.chosen_rewards.mean().item() == pytest.approx(logged["rewards/chosen"][-1], abs=1e-6)
         assert out.rejected_rewards.mean().item() == pytest.approx(logged["rewards/rejected"][-1], abs=1e-6)
         assert out.margins.mean().item() == pytest.approx(logged["rewards/margins"][-1], abs=1e-6)
+        assert out.accuracy == pytest.approx(logged["rewards/accuracies"][-1])
+    ours = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "labels": batch["input_ids"].masked_fill(batch["completion_mask"] == 0, align.IGNORE_INDEX)}
+    with torch.no_grad():
+        for name, model in (("policy", policy), ("reference", reference)):
+            mine = align.sequence_logprobs(model, ours, average=loss_type == "ipo")
+            assert torch.allclose(mine, trl_logps[name], rtol=1e-5, atol=1e-5), name
 
 
 def test_train_dpo_moves_only_the_adapters_and_separates_the_pairs(tiny):

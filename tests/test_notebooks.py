@@ -235,10 +235,10 @@ WRONG = {
         "sum instead of mean": _logprob(average_mode="always sum"),
     },
     ("05_sft_rlhf_dpo", "bradley_terry"): {
-        "chosen and rejected swapped": lambda c, r: -F.logsigmoid(r - c).mean(),
-        "sigmoid instead of log-sigmoid": lambda c, r: -torch.sigmoid(c - r).mean(),
-        "unstable log(sigmoid)": lambda c, r: -torch.log(torch.sigmoid(c - r)).mean(),
-        "summed over pairs": lambda c, r: -F.logsigmoid(c - r).sum(),
+        "chosen and rejected swapped": {"bradley_terry_loss": lambda c, r: -F.logsigmoid(r - c).mean()},
+        "sigmoid instead of log-sigmoid": {"bradley_terry_loss": lambda c, r: -torch.sigmoid(c - r).mean()},
+        "unstable log(sigmoid)": {"bradley_terry_loss": lambda c, r: -torch.log(torch.sigmoid(c - r)).mean()},
+        "summed over pairs": {"bradley_terry_loss": lambda c, r: -F.logsigmoid(c - r).sum()},
     },
     ("05_sft_rlhf_dpo", "dpo_loss"): {
         "chosen and rejected swapped": _dpo(swap=True),
