@@ -1,22 +1,26 @@
-"""Instructor commands, built on nbgrader's own machinery (API, gradebook, preprocessors, CSV exporter).
+"""Instructor commands: nbgrader for release, gradebook and export; sandboxed execution and trusted verdicts ours.
 
-    python -m grader generate                      # solutions/*.ipynb -> notebooks/ (learner versions)
-    python -m grader check                         # fail if notebooks/ is stale
-    python -m grader grade SUBMISSIONS --out DIR   # autograde + feedback + grades.csv, in one go
-    python -m grader autograde|feedback|export ... # the three steps one at a time
+    python -m grader generate                                 # solutions/*.ipynb -> notebooks/ (learner versions)
+    python -m grader check                                    # fail if notebooks/ is stale
+    python -m grader grade SUBMISSIONS --out DIR [--jobs N]   # grade, feedback, grades.csv, summary
+    python -m grader export --out DIR                         # nbgrader's CSV export of the gradebook
 
-SUBMISSIONS is a folder of ``<student>/<notebook>.ipynb`` (any subset of the course's notebooks). Each
-notebook is one nbgrader assignment of the same name. The nbgrader course folder (gradebook.db, source/,
-submitted/, autograded/, feedback/) defaults to ``grader/course/`` and is reused, so rerunning is idempotent.
+SUBMISSIONS is a folder or zip of ``<student>/<notebook>.ipynb`` (any subset of the course's notebooks).
+Each notebook is one nbgrader assignment of the same name. How a submission is graded: :mod:`grader.run`;
+the sandbox: :mod:`grader.sandbox`. The nbgrader course folder (gradebook.db, source/, release/) defaults to
+``grader/course/`` and is reused: rerunning regrades and overwrites, so it is idempotent.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +28,12 @@ from nbgrader.api import MissingEntry
 from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.plugins import CsvExportPlugin
+from tqdm.auto import tqdm
 from traitlets.config import Config, PyFileConfigLoader
+
+from .report import feedback_html, problems_html, write_csv, write_summary
+from .run import Result, grade_one
+from .sandbox import Limits, SandboxUnavailable, bwrap
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
@@ -37,9 +46,9 @@ class GraderError(RuntimeError):
     """A grading step failed; the message says which and why."""
 
 
-def assignment_names() -> list[str]:
+def assignment_names(solutions: Path = SOLUTIONS) -> list[str]:
     """The course's notebooks, by name (one nbgrader assignment each)."""
-    return sorted(p.stem for p in SOLUTIONS.glob("*.ipynb"))
+    return sorted(p.stem for p in solutions.glob("*.ipynb"))
 
 
 def load_config(course: Path) -> Config:
@@ -68,15 +77,15 @@ def _succeeded(result: dict, what: str) -> None:
         raise GraderError(f"{what} failed:\n{result.get('error') or result.get('log')}")
 
 
-def release(api: NbGraderAPI, names: list[str] | None = None) -> dict[str, Path]:
+def release(api: NbGraderAPI, names: list[str] | None = None, solutions: Path = SOLUTIONS) -> dict[str, Path]:
     """Copy solutions into the course's source/ and run nbgrader generate_assignment on each; returns the
     generated learner notebooks by name."""
     root = Path(api.coursedir.root)
     released = {}
-    for name in names or assignment_names():
+    for name in names or assignment_names(solutions):
         source = root / "source" / name
         source.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(SOLUTIONS / f"{name}.ipynb", source / f"{name}.ipynb")
+        shutil.copyfile(solutions / f"{name}.ipynb", source / f"{name}.ipynb")
         _succeeded(api.generate_assignment(name), f"generate_assignment {name}")
         released[name] = root / "release" / name / f"{name}.ipynb"
     return released
@@ -108,12 +117,12 @@ class Submission:
     path: Path
 
 
-def find_submissions(folder: Path) -> tuple[list[Submission], list[str]]:
+def find_submissions(folder: Path, solutions: Path = SOLUTIONS) -> tuple[list[Submission], list[str]]:
     """``<student>/<notebook>.ipynb`` files under ``folder`` that name a course notebook, and a list of
     problems (unknown notebook names, files outside a student folder)."""
     if not folder.is_dir():
         raise GraderError(f"{folder} is not a folder of <student>/<notebook>.ipynb submissions")
-    known, found, problems = set(assignment_names()), [], []
+    known, found, problems = set(assignment_names(solutions)), [], []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
@@ -126,35 +135,6 @@ def find_submissions(folder: Path) -> tuple[list[Submission], list[str]]:
             else:
                 problems.append(f"{path.name}/{nb.name}: not a course notebook (expected one of {sorted(known)})")
     return found, problems
-
-
-def autograde(api: NbGraderAPI, submissions: list[Submission], progress: bool = True) -> None:
-    """Place each submission in the course's submitted/ folder and run nbgrader autograde on it."""
-    root = Path(api.coursedir.root)
-    # Release from solutions/ every time (about a second each): the gradebook's tests are always the
-    # current ones, even if solutions/ changed since the last grading run.
-    release(api, sorted({s.assignment for s in submissions}))
-    for i, sub in enumerate(submissions, start=1):
-        target = root / "submitted" / sub.student / sub.assignment
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        shutil.copyfile(sub.path, target / f"{sub.assignment}.ipynb")
-        if progress:
-            print(f"[{i}/{len(submissions)}] autograding {sub.student}/{sub.assignment}", file=sys.stderr)
-        _succeeded(api.autograde(sub.assignment, sub.student), f"autograde {sub.student}/{sub.assignment}")
-
-
-def feedback(api: NbGraderAPI, submissions: list[Submission], out: Path) -> list[Path]:
-    """nbgrader generate_feedback for each submission; copies the HTML to ``out/<student>/<notebook>.html``."""
-    root, written = Path(api.coursedir.root), []
-    for sub in submissions:
-        _succeeded(api.generate_feedback(sub.assignment, sub.student), f"feedback {sub.student}/{sub.assignment}")
-        html = root / "feedback" / sub.student / sub.assignment / f"{sub.assignment}.html"
-        target = out / sub.student / f"{sub.assignment}.html"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(html, target)
-        written.append(target)
-    return written
 
 
 def export(api: NbGraderAPI, out_csv: Path) -> Path:
@@ -183,19 +163,113 @@ def scores(api: NbGraderAPI, student: str, assignment: str) -> dict[str, float]:
         gradebook.close()
 
 
-def grade(submissions_dir: Path, out: Path, course: Path = DEFAULT_COURSE, progress: bool = True) -> Path:
-    """Autograde every submission in ``submissions_dir``, write feedback and grades.csv into ``out``."""
-    submissions, problems = find_submissions(submissions_dir)
-    for problem in problems:
-        print(f"skipped: {problem}", file=sys.stderr)
-    if not submissions:
-        raise GraderError(f"no course notebooks found under {submissions_dir}")
+def unpack(source: Path, target: Path, max_bytes: int = 2 * 2**30) -> Path:
+    """A folder of submissions, or a zip of one unpacked safely into ``target`` (no absolute paths, no '..', no
+    links, at most ``max_bytes`` in all); a zip holding a single top folder is entered."""
+    if source.is_dir():
+        return source
+    if not zipfile.is_zipfile(source):
+        raise GraderError(f"{source} is neither a folder nor a zip of <student>/<notebook>.ipynb submissions")
+    total = 0
+    with zipfile.ZipFile(source) as archive:
+        for info in archive.infolist():
+            name = Path(info.filename)
+            if name.is_absolute() or ".." in name.parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise GraderError(f"{source}: unsafe entry {info.filename!r} (absolute, '..' or a link)")
+            total += info.file_size
+            if total > max_bytes:
+                raise GraderError(f"{source}: more than {max_bytes >> 30} GB when unpacked")
+        archive.extractall(target)
+    entries = [p for p in target.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(entries) == 1 and entries[0].is_dir() and not any(entries[0].glob("*.ipynb")):
+        return entries[0]
+    return target
+
+
+def _grade_task(task: tuple) -> Result:
+    return grade_one(*task)
+
+
+def record(api: NbGraderAPI, results: list[Result]) -> None:
+    """Store each result's points in nbgrader's gradebook (one auto score per graded cell)."""
+    gradebook = api.gradebook
+    try:
+        for r in results:
+            gradebook.update_or_create_student(r.student)
+            gradebook.update_or_create_submission(r.notebook, r.student)
+            for ex in r.exercises:
+                grade_row = gradebook.find_grade(ex.grade_id, r.notebook, r.notebook, r.student)
+                grade_row.auto_score = ex.points
+            gradebook.db.commit()
+    finally:
+        gradebook.close()
+
+
+def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int = 1, sandboxed: bool = True,
+          limits: Limits = Limits(), solutions: Path = SOLUTIONS, progress: bool = True) -> list[Result]:
+    """Grade every submission in a folder or zip: sandboxed execution, verdicts decided outside the kernel,
+    feedback in ``out/feedback/<student>/<notebook>.html``, ``out/grades.csv`` (a row per student, a column
+    per notebook and exercise), ``out/summary.md`` + ``out/score_distribution.png``, ``out/scores.json``, and
+    the scores in nbgrader's gradebook (``out/nbgrader_grades.csv`` is nbgrader's export of it)."""
+    if sandboxed:
+        try:
+            bwrap()
+        except SandboxUnavailable as err:
+            raise GraderError(str(err)) from err
+    if jobs < 1:
+        raise GraderError(f"--jobs must be at least 1, got {jobs}")
+    out.mkdir(parents=True, exist_ok=True)
     api = open_course(course)
-    autograde(api, submissions, progress)
-    feedback(api, submissions, out / "feedback")
-    summary = {f"{s.student}/{s.assignment}": scores(api, s.student, s.assignment) for s in submissions}
+    work = Path(api.coursedir.root) / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    unpacked = work / "unpacked"
+    unpacked.mkdir()
+    folder = unpack(submissions, unpacked)
+    found, problems = find_submissions(folder, solutions)
+    students = sorted({s.student for s in found} | {p.split("/")[0].split(":")[0] for p in problems})
+    if not found and not problems:
+        raise GraderError(f"no course notebooks found under {submissions}")
+    names = sorted({s.assignment for s in found})
+    released = release(api, names, solutions) if names else {}
+    hide = [folder, submissions.resolve(), out.resolve(), solutions.resolve(), Path(api.coursedir.root).resolve()]
+    tasks = [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
+              work / "run", limits, sandboxed, hide) for s in found]
+    results: list[Result] = []
+    bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
+    if jobs == 1 or len(tasks) <= 1:
+        for task in tasks:
+            results.append(_grade_task(task))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for result in pool.map(_grade_task, tasks):
+                results.append(result)
+                bar.update()
+    bar.close()
+    record(api, results)
+    feedback_dir = out / "feedback"
+    shutil.rmtree(feedback_dir, ignore_errors=True)
+    for r in results:
+        target = feedback_dir / r.student / f"{r.notebook}.html"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(feedback_html(r), encoding="utf-8")
+    by_student: dict[str, list[str]] = {}
+    for problem in problems:
+        by_student.setdefault(problem.split("/")[0].split(":")[0], []).append(problem)
+    for student, items in by_student.items():
+        (feedback_dir / student).mkdir(parents=True, exist_ok=True)
+        (feedback_dir / student / "problems.html").write_text(problems_html(student, items), encoding="utf-8")
+    write_csv(results, students, out / "grades.csv")
+    if results:
+        write_summary(results, out)
+    summary = {f"{r.student}/{r.notebook}": {**{e.grade_id: e.points for e in r.exercises}, "total": r.score}
+               for r in results}
     (out / "scores.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return export(api, out / "grades.csv")
+    if names:
+        export(api, out / "nbgrader_grades.csv")
+    shutil.rmtree(work, ignore_errors=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,14 +277,18 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("generate", help="regenerate notebooks/ from solutions/")
     sub.add_parser("check", help="exit 1 if notebooks/ differs from what `generate` would write")
-    for name, text in [("grade", "autograde, write feedback and export grades"), ("autograde", "autograde only"),
-                       ("feedback", "feedback for already autograded submissions")]:
-        p = sub.add_parser(name, help=text)
-        p.add_argument("submissions", type=Path, help="folder of <student>/<notebook>.ipynb")
-        p.add_argument("--out", type=Path, default=Path("grading"), help="where feedback/ and grades.csv go")
-        p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder")
-    p = sub.add_parser("export", help="export the gradebook to CSV")
-    p.add_argument("--out", type=Path, default=Path("grading"), help="grades.csv goes here")
+    p = sub.add_parser("grade", help="grade a folder or zip of submissions in sandboxes; feedback, CSV, summary")
+    p.add_argument("submissions", type=Path, help="folder or zip of <student>/<notebook>.ipynb")
+    p.add_argument("--out", type=Path, default=Path("grading"), help="where feedback/, grades.csv, summary.md go")
+    p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder (gradebook)")
+    p.add_argument("--jobs", type=int, default=1, help="grade this many submissions in parallel")
+    p.add_argument("--unsandboxed", action="store_true",
+                   help="run submissions without the bubblewrap sandbox (only for trusted submissions)")
+    p.add_argument("--memory-mb", type=int, default=Limits.memory_mb, help="memory limit per submission")
+    p.add_argument("--cell-timeout", type=int, default=Limits.cell_timeout_s, help="seconds per cell")
+    p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_timeout_s, help="seconds per notebook")
+    p = sub.add_parser("export", help="export the gradebook to CSV (nbgrader's format)")
+    p.add_argument("--out", type=Path, default=Path("grading"), help="nbgrader_grades.csv goes here")
     p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder")
     args = parser.parse_args(argv)
     try:
@@ -223,17 +301,12 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(f"stale learner notebooks: {stale}; run `make notebooks`")
             print("notebooks/ is up to date with solutions/")
         elif args.command == "grade":
-            print(f"grades: {grade(args.submissions, args.out, args.course)}")
-        elif args.command == "autograde":
-            submissions, problems = find_submissions(args.submissions)
-            for problem in problems:
-                print(f"skipped: {problem}", file=sys.stderr)
-            autograde(open_course(args.course), submissions)
-        elif args.command == "feedback":
-            submissions, _ = find_submissions(args.submissions)
-            for path in feedback(open_course(args.course), submissions, args.out / "feedback"):
-                print(f"wrote {path}")
+            limits = Limits(memory_mb=args.memory_mb, cell_timeout_s=args.cell_timeout,
+                            notebook_timeout_s=args.notebook_timeout)
+            results = grade(args.submissions, args.out, args.course, args.jobs, not args.unsandboxed, limits)
+            print(f"graded {len(results)} notebooks: {args.out / 'grades.csv'}, {args.out / 'summary.md'}, "
+                  f"feedback in {args.out / 'feedback'}")
         elif args.command == "export":
-            print(f"grades: {export(open_course(args.course), args.out / 'grades.csv')}")
+            print(f"grades: {export(open_course(args.course), args.out / 'nbgrader_grades.csv')}")
     except GraderError as err:
         sys.exit(f"error: {err}")
