@@ -129,11 +129,14 @@ def find_submissions(folder: Path, solutions: Path = SOLUTIONS) -> tuple[list[Su
         if not path.is_dir():
             problems.append(f"{path.name}: not a student folder (expected <student>/<notebook>.ipynb)")
             continue
-        for nb in sorted(path.glob("*.ipynb")):
+        notebooks = sorted(path.glob("*.ipynb"))
+        for nb in notebooks:
             if nb.stem in known:
                 found.append(Submission(path.name, nb.stem, nb))
             else:
                 problems.append(f"{path.name}/{nb.name}: not a course notebook (expected one of {sorted(known)})")
+        if not notebooks:
+            problems.append(f"{path.name}: no notebook in this folder (expected one of {sorted(known)} .ipynb)")
     return found, problems
 
 
@@ -234,7 +237,9 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
     released = release(api, names, solutions) if names else {}
     hide = [folder, submissions.resolve(), out.resolve(), solutions.resolve(), Path(api.coursedir.root).resolve()]
     tasks = [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
-              work / "run", limits, sandboxed, hide) for s in found]
+              work / "run", limits, sandboxed, hide,
+              Path(api.coursedir.root) / "autograded" / s.student / s.assignment / f"{s.assignment}.ipynb")
+             for s in found]
     results: list[Result] = []
     bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
     if jobs == 1 or len(tasks) <= 1:

@@ -163,57 +163,96 @@ class _CappedClient(NotebookClient):
 
 
 class KernelSession:
-    """A kernel (sandboxed unless told otherwise) that runs a notebook, then answers calls."""
+    """A kernel (sandboxed unless told otherwise) that runs a notebook, then answers calls. A cell or call that
+    runs past its limit gets the kernel killed (interrupts can be ignored by the code they interrupt); a fresh
+    kernel then runs only the ``minimal`` cells (set-up and solutions) so the other exercises can be decided."""
 
-    def __init__(self, workdir: Path, limits: Limits, sandbox: Sandbox | None):
-        from jupyter_client import KernelManager
+    MAX_RESTARTS = 3
+
+    def __init__(self, workdir: Path, limits: Limits, sandbox: Sandbox | None, minimal: list[str]):
+        self.workdir, self.limits, self.sandbox, self.minimal = workdir, limits, sandbox, minimal
+        self.calls = self.restarts = 0
+        self.dead = False
+        self.notes: list[str] = []
+        self.deadline = time.monotonic() + limits.notebook_timeout_s
+
+    def _launch(self, nb: nbformat.NotebookNode) -> None:
+        from jupyter_client import AsyncKernelManager
         from jupyter_client.kernelspec import KernelSpec
 
-        self.workdir, self.limits, self.sandbox = workdir, limits, sandbox
-        sockets = workdir / ".kernel"
+        sockets = self.workdir / f".kernel{self.restarts}"
         sockets.mkdir(exist_ok=True)
         argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        self.km = KernelManager(transport="ipc", ip=str(sockets / "k"), connection_file=str(sockets / "kernel.json"))
-        self.km._kernel_spec = KernelSpec(argv=sandbox.command(argv) if sandbox else argv, language="python",
-                                          display_name="sandboxed Python", interrupt_mode="message",
+        self.km = AsyncKernelManager(transport="ipc", ip=str(sockets / "k"), connection_file=str(sockets / "kernel.json"))
+        self.km._kernel_spec = KernelSpec(argv=self.sandbox.command(argv) if self.sandbox else argv,
+                                          language="python", display_name="sandboxed Python",
                                           env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-        self.calls = 0
-        self.dead = False
-
-    def run_notebook(self, nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]]:
-        """Execute every cell (errors do not stop it), within the per-cell and whole-notebook limits."""
-        notes = []
-        client = _CappedClient(nb, km=self.km, timeout=self.limits.cell_timeout_s, allow_errors=True,
-                               interrupt_on_timeout=True, resources={"metadata": {"path": str(self.workdir)}},
-                               shutdown_kernel="immediate")
-        client.budget = self.limits.output_bytes
-        self.client = client
-        deadline = time.monotonic() + self.limits.notebook_timeout_s
-        self._ctx = client.setup_kernel(cleanup_kc=False)
+        self.client = _CappedClient(nb, km=self.km, timeout=self.limits.cell_timeout_s, allow_errors=True,
+                                    interrupt_on_timeout=False, resources={"metadata": {"path": str(self.workdir)}})
+        self.client.budget = self.limits.output_bytes
+        self._ctx = self.client.setup_kernel(cleanup_kc=False)
         self._ctx.__enter__()
+
+    def _kill(self) -> None:
+        from jupyter_core.utils import run_sync
+
+        try:
+            run_sync(self.km.shutdown_kernel)(now=True)
+        except Exception:
+            pass
+
+    def _execute(self, nb: nbformat.NotebookNode, keep_notes: bool) -> bool:
+        """Run the code cells of ``nb``; False if one ran past a limit or the kernel died (then it is killed)."""
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
-            left = deadline - time.monotonic()
+            left = self.deadline - time.monotonic()
             if left <= 1:
-                notes.append(f"the notebook ran past its {self.limits.notebook_timeout_s} s limit; "
-                             "later cells were not run")
-                break
-            client.timeout = int(min(self.limits.cell_timeout_s, left))
+                self.notes.append(f"the notebook ran past its {self.limits.notebook_timeout_s} s limit; "
+                                  "later cells were not run")
+                self._kill()
+                return False
+            self.client.timeout = int(min(self.limits.cell_timeout_s, left))
             try:
-                client.execute_cell(cell, index)
-            except CellTimeoutError:
-                notes.append(f"cell {index + 1} ran past {client.timeout} s and was interrupted")
+                self.client.execute_cell(cell, index)
+            except (CellTimeoutError, TimeoutError):
+                if keep_notes:
+                    self.notes.append(f"cell {index + 1} ran past {self.client.timeout} s and was stopped")
+                self._kill()
+                return False
             except DeadKernelError:
-                notes.append(f"the kernel died in cell {index + 1} (a crash, or a memory or process limit)")
-                self.dead = True
-                break
-        return nb, notes
+                if keep_notes:
+                    self.notes.append(f"the kernel died in cell {index + 1} (a crash, an exit, or a memory, "
+                                      "process or file-size limit)")
+                return False
+        return True
 
-    def call(self, name: str, args: tuple, kwargs: dict, refs: dict[int, str]) -> object:
-        """Call the learner's function ``name`` in the kernel; returns the decoded answer."""
+    def _restart(self) -> None:
+        """A fresh kernel with only the set-up and solution cells run, or ``dead`` when that fails too."""
+        self._kill()
+        self.restarts += 1
+        if self.restarts > self.MAX_RESTARTS:
+            self.dead = True
+            return
+        nb = nbformat.v4.new_notebook(cells=[new_code_cell(src) for src in self.minimal])
+        try:
+            self._launch(nb)
+            self.dead = not self._execute(nb, keep_notes=False)
+        except Exception:
+            self.dead = True
+
+    def run_notebook(self, nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]]:
+        """Execute every cell (errors do not stop it), within the per-cell and whole-notebook limits."""
+        self._launch(nb)
+        if not self._execute(nb, keep_notes=True):
+            self.deadline = time.monotonic() + self.limits.notebook_timeout_s
+            self._restart()
+        return nb, self.notes
+
+    def call(self, name: str, args: tuple, kwargs: dict, refs: dict[int, str]) -> tuple[dict, dict]:
+        """Call the learner's function ``name`` in the kernel; returns the answer message and its tensors."""
         if self.dead:
-            raise LearnerCallError(name, "no kernel (it died or was stopped)")
+            raise LearnerCallError(name, "no kernel: it died or ran past its limits")
         self.calls += 1
         request = self.workdir / ".calls" / f"c{self.calls}"
         request.parent.mkdir(exist_ok=True)
@@ -225,25 +264,23 @@ class KernelSession:
         self.client.timeout = self.limits.call_timeout_s
         try:
             self.client.execute_cell(cell, 0)
-        except CellTimeoutError as err:
+        except (CellTimeoutError, TimeoutError) as err:
+            self._restart()
             raise LearnerCallError(name, f"no answer within {self.limits.call_timeout_s} s") from err
         except DeadKernelError as err:
-            self.dead = True
-            raise LearnerCallError(name, "a crash of the kernel") from err
+            self._restart()
+            raise LearnerCallError(name, "the kernel crashed or exited") from err
         try:
             answer, out = wire.read(Path(str(request) + ".answer"))
         except (wire.WireError, ValueError, OSError) as err:
-            raise LearnerCallError(name, "an answer the grader could not read") from err
+            raise LearnerCallError(name, "no readable answer") from err
         if answer.get("ok") is not True:
             raise LearnerCallError(name, f"{str(answer.get('error', 'an error'))[:100]}")
         return answer, out
 
     def close(self) -> None:
-        try:
-            if hasattr(self, "_ctx"):
-                self.km.shutdown_kernel(now=True)
-        except Exception:
-            pass
+        if hasattr(self, "km"):
+            self._kill()
         if self.sandbox:
             self.sandbox.cleanup()
 
@@ -447,8 +484,9 @@ def _visible_output(cell) -> str:
 
 
 def grade_one(student: str, notebook: str, path: Path, release: Path, solution: Path, work: Path,
-              limits: Limits, sandboxed: bool, hide: list[Path]) -> Result:
-    """Everything for one submission; never raises for a bad submission (the Result says what happened)."""
+              limits: Limits, sandboxed: bool, hide: list[Path], executed_to: Path | None = None) -> Result:
+    """Everything for one submission; never raises for a bad submission (the Result says what happened).
+    ``executed_to``: where to keep the executed notebook (for the instructor; it has no hidden tests)."""
     start = time.monotonic()
     result = Result(student, notebook)
     release_nb, solution_nb = nbformat.read(release, as_version=4), nbformat.read(solution, as_version=4)
@@ -467,14 +505,22 @@ def grade_one(student: str, notebook: str, path: Path, release: Path, solution: 
     session = None
     try:
         sandbox = Sandbox.create(workdir, hide, limits) if sandboxed else None
-        session = KernelSession(workdir, limits, sandbox)
+        first = next((i for i, c in enumerate(nb.cells) if _grade_id(c)), len(nb.cells))
+        minimal = [c.source for i, c in enumerate(nb.cells) if c.cell_type == "code" and
+                   (i < first or c.get("metadata", {}).get("nbgrader", {}).get("solution"))]
+        session = KernelSession(workdir, limits, sandbox, minimal)
         try:
             executed, notes = session.run_notebook(nb)
         except Exception as err:
             executed, notes = nb, [f"the notebook could not be run ({type(err).__name__})"]
             session.dead = True
         result.notes += notes
+        if executed_to is not None:
+            executed_to.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(executed, executed_to)
+        before = len(session.notes)
         result.exercises = decide(solution_nb, executed, learner, release_nb, session)
+        result.notes += session.notes[before:]
     finally:
         if session is not None:
             session.close()

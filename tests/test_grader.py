@@ -1,5 +1,5 @@
-"""The instructor pipeline end to end: autograde, feedback and export through the same functions as
-`python -m grader grade`."""
+"""The instructor pipeline end to end on the course's notebooks: sandboxed grading, feedback, CSV and
+nbgrader's export, through the same function as `python -m grader grade`."""
 import csv
 import json
 
@@ -32,13 +32,17 @@ def test_solution_gets_full_marks_and_blank_notebook_zero(tmp_path, name):
         nbformat.write(nb, submissions / student / f"{name}.ipynb")
     out, course = tmp_path / "out", tmp_path / "course"
 
-    grades_csv = grade(submissions, out, course=course, progress=False)
+    results = grade(submissions, out, course=course, progress=False)
 
     max_score = sum(c.metadata["nbgrader"].get("points", 0) for c in read(ROOT / "solutions" / f"{name}.ipynb").cells
                     if "nbgrader" in c.metadata)
-    rows = {r["student_id"]: r for r in csv.DictReader(grades_csv.open())}
-    assert float(rows["alice"]["score"]) == float(rows["alice"]["max_score"]) == max_score
-    assert float(rows["bob"]["score"]) == 0.0
+    by_student = {r.student: r for r in results}
+    assert by_student["alice"].score == by_student["alice"].max_score == max_score, by_student["alice"]
+    assert by_student["bob"].score == 0.0
+    rows = {r["student"]: r for r in csv.DictReader((out / "grades.csv").open())}
+    assert float(rows["alice"][name]) == float(rows["alice"]["total"]) == max_score
+    nbgrader_rows = {r["student_id"]: r for r in csv.DictReader((out / "nbgrader_grades.csv").open())}
+    assert float(nbgrader_rows["alice"]["score"]) == max_score and float(nbgrader_rows["bob"]["score"]) == 0.0
     scores = json.loads((out / "scores.json").read_text())
     assert scores[f"alice/{name}"]["total"] == max_score
     assert all(v == 0 for v in scores[f"bob/{name}"].values())
