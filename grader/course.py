@@ -234,10 +234,13 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
     if not found and not problems:
         raise GraderError(f"no course notebooks found under {submissions}")
     names = sorted({s.assignment for s in found})
+    # Private copies and kernel sockets go under a short path in /tmp (unix socket paths are limited to 107
+    # bytes); inside a sandbox /tmp is a fresh tmpfs, so no kernel sees another's folder.
+    run_root = Path(tempfile.mkdtemp(prefix="cg-"))
     released = release(api, names, solutions) if names else {}
     hide = [folder, submissions.resolve(), out.resolve(), solutions.resolve(), Path(api.coursedir.root).resolve()]
     tasks = [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
-              work / "run", limits, sandboxed, hide,
+              run_root, limits, sandboxed, hide,
               Path(api.coursedir.root) / "autograded" / s.student / s.assignment / f"{s.assignment}.ipynb")
              for s in found]
     results: list[Result] = []
@@ -274,6 +277,7 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
     if names:
         export(api, out / "nbgrader_grades.csv")
     shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(run_root, ignore_errors=True)
     return results
 
 

@@ -500,7 +500,7 @@ def grade_one(student: str, notebook: str, path: Path, release: Path, solution: 
         result.seconds = time.monotonic() - start
         return result
     nb, result.notes = rebuild(learner, release_nb)
-    workdir = work / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', student)}-{notebook}-{uuid.uuid4().hex[:8]}"
+    workdir = work / uuid.uuid4().hex[:10]  # short: the kernel's sockets live in it (unix paths < 108 bytes)
     workdir.mkdir(parents=True)
     session = None
     try:

@@ -1,0 +1,84 @@
+"""Grading throughput: --jobs 1 vs --jobs 2 on a batch of submissions, and the grader's overhead per notebook.
+
+    python scripts/bench_grading.py                       # 20 correct submissions of the fixture assignment
+    python scripts/bench_grading.py --notebook 03_lora_basics --count 1 --overhead
+                                                          # one course notebook: plain execution vs grading
+
+The batch is graded sandboxed, through the same function as `python -m grader grade`, once with one job and
+once with two, in fresh course folders; it prints both times and the ratio. With --overhead it also executes
+the solution notebook once with plain nbclient (no sandbox, no grader) and prints grading time minus that.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from grader.course import SOLUTIONS, grade, open_course, release  # noqa: E402
+
+FIXTURE = ROOT / "tests" / "data" / "fixture_course"
+
+
+def filled(released: Path, solution: Path) -> nbformat.NotebookNode:
+    """The released notebook with the instructor's solutions in its solution cells (a correct submission)."""
+    nb = nbformat.read(released, as_version=4)
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in nbformat.read(solution, as_version=4).cells
+               if c.metadata.get("nbgrader", {}).get("solution")}
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in answers:
+            cell.source = answers[gid]
+    return nb
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--notebook", default="00_fixture")
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--overhead", action="store_true")
+    args = parser.parse_args()
+    solutions = FIXTURE if args.notebook == "00_fixture" else SOLUTIONS
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        released = release(open_course(tmp / "release"), [args.notebook], solutions)[args.notebook]
+        nb = filled(released, solutions / f"{args.notebook}.ipynb")
+        subs = tmp / "submissions"
+        for i in range(args.count):
+            (subs / f"student{i:03d}").mkdir(parents=True)
+            nbformat.write(nb, subs / f"student{i:03d}" / f"{args.notebook}.ipynb")
+        times = {}
+        for jobs in (1, 2):
+            start = time.perf_counter()
+            results = grade(subs, tmp / f"out{jobs}", course=tmp / f"course{jobs}", jobs=jobs, solutions=solutions,
+                            progress=False)
+            times[jobs] = time.perf_counter() - start
+            assert all(r.score == r.max_score for r in results), [(r.student, r.score) for r in results]
+            print(f"--jobs {jobs}: {args.count} submissions of {args.notebook} in {times[jobs]:.1f} s "
+                  f"({times[jobs] / args.count:.1f} s each)", flush=True)
+        print(f"speed-up of --jobs 2: {times[1] / times[2]:.2f}x")
+        if args.overhead:
+            from nbclient import NotebookClient
+            plain = filled(solutions / f"{args.notebook}.ipynb", solutions / f"{args.notebook}.ipynb")
+            work = tmp / "plain"
+            work.mkdir()
+            start = time.perf_counter()
+            NotebookClient(plain, timeout=1200, kernel_name="python3",
+                           resources={"metadata": {"path": str(work)}}).execute()
+            alone = time.perf_counter() - start
+            per = times[1] / args.count
+            print(f"plain execution {alone:.1f} s; graded {per:.1f} s; overhead {per - alone:+.1f} s")
+        print(json.dumps({"notebook": args.notebook, "count": args.count, "seconds": times}))
+        shutil.rmtree(tmp / "release", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
