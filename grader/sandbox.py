@@ -129,7 +129,7 @@ class Sandbox:
         cmd += ["--bind", str(self.workdir), str(self.workdir),
                 "--unshare-all", "--die-with-parent", "--new-session", "--uid", str(NOBODY), "--gid", str(NOBODY),
                 "--chdir", str(self.workdir), "--setenv", "HOME", "/tmp", "--setenv", "COURSE_LIB_CACHE",
-                str(cache_dir()), "--setenv", "HF_HUB_OFFLINE", "1", "--setenv", "MPLCONFIGDIR", "/tmp",
+                str(cache_dir().parent), "--setenv", "HF_HUB_OFFLINE", "1", "--setenv", "MPLCONFIGDIR", "/tmp",
                 "--", "/bin/sh", "-c", '"$@"; exit $?', "sandbox"]  # not pid 1's child: kernels exit if ppid is 1
         limits = ["prlimit", f"--as={self.limits.memory_mb * 4 * 2**20}", f"--cpu={self.limits.cpu_seconds}",
                   f"--fsize={self.limits.file_size_mb * 2**20}", "--core=0", "--"]
@@ -139,7 +139,6 @@ class Sandbox:
     @classmethod
     def create(cls, workdir: Path, hide: list[Path], limits: Limits) -> "Sandbox":
         bwrap()
-        os.chown(workdir, NOBODY, NOBODY) if os.geteuid() == 0 else None
         return cls(workdir, hide, limits, _cgroup_dirs(limits))
 
     def cleanup(self) -> None:

@@ -90,6 +90,7 @@ def _cases(paths: dict) -> dict:
         "delete_locked_tests": (None, 0, "missing"),
         "reference_call": (_answers(scale="def lora_scale(alpha, r):\n    return lora.lora_scaling(alpha, r)"), 2,
                            "reference implementation"),
+        "blank": (None, 0, "NotImplementedError"),
         "invalid_json": (b"{ this is not json", 0, "not a valid notebook"),
         "not_utf8": (b"\xff\xfe\x00\x01 not text", 0, "not UTF-8"),
         "huge": (b'{"cells": [], "pad": "' + b"x" * (21 * 2**20) + b'"}', 0, "MB"),
@@ -131,6 +132,8 @@ def graded(tmp_path_factory):
     deleted.cells = [c for c in deleted.cells if not c.metadata.get("nbgrader", {}).get("grade")]
     (subs / "delete_locked_tests").mkdir()
     nbformat.write(deleted, subs / "delete_locked_tests" / f"{NAME}.ipynb")
+    (subs / "blank").mkdir()
+    nbformat.write(released, subs / "blank" / f"{NAME}.ipynb")
     (subs / "renamed").mkdir()
     nbformat.write(_filled(released, _answers()), subs / "renamed" / f"{NAME} (1).ipynb")
     (subs / "removed").mkdir()
