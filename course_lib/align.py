@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-IGNORE_INDEX = -100
+from .classify import IGNORE_INDEX
+from .classify import collate as sft_batch  # right-pad (input_ids, labels) pairs; padding: label -100, mask 0
+
 SYSTEM_PROMPT = "You are the support assistant of Acme, an online shop."
 GREETING = "Hi, thanks for contacting Acme!"
 SIGN_OFF = "- Acme Support"
@@ -93,15 +95,6 @@ def sft_example(tokenizer, messages: list[dict], max_length: int | None = None) 
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
     return ids, labels
-
-
-def sft_batch(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad (input_ids, labels) pairs into a batch; padding gets label -100 and attention 0."""
-    width = max(len(ids) for ids, _ in examples)
-    pad = [width - len(ids) for ids, _ in examples]
-    return {"input_ids": torch.tensor([ids + [pad_id] * p for (ids, _), p in zip(examples, pad)]),
-            "labels": torch.tensor([lab + [IGNORE_INDEX] * p for (_, lab), p in zip(examples, pad)]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * p for (ids, _), p in zip(examples, pad)])}
 
 
 # --- log-probabilities of responses --------------------------------------------------------------------------

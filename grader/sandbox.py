@@ -92,13 +92,6 @@ def remove_cgroups(groups: list[Path]) -> None:
             pass
 
 
-def cgroups_supported() -> bool:
-    """Whether memory and process limits can be enforced by cgroup on this machine."""
-    groups = _cgroup_dirs(Limits())
-    remove_cgroups(groups)
-    return bool(groups)
-
-
 @dataclass
 class Sandbox:
     """How to start one kernel in a sandbox: ``command(argv)`` wraps a command line; ``cleanup()`` after."""
