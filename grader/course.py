@@ -21,9 +21,10 @@ import sys
 import tempfile
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from nbgrader.api import MissingEntry
 from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
@@ -193,6 +194,24 @@ def _grade_task(task: tuple) -> Result:
     return grade_one(*task)
 
 
+def _forked_worker() -> None:
+    """Start of a worker forked from the grader: one torch thread (GNU OpenMP hangs in a forked child whose
+    parent used its thread pool, unless the child stays single-threaded; the kernels are separate processes with
+    their own threads) and its own event loop (the parent's, inherited, shares its epoll instance)."""
+    from jupyter_core.utils import ensure_event_loop
+
+    torch.set_num_threads(1)
+    ensure_event_loop().close()
+
+
+def _workers(jobs: int) -> ProcessPoolExecutor:
+    """Worker processes for --jobs: forked from the grader where the platform allows (everything is already
+    imported, so a worker starts at once), spawned otherwise."""
+    if "fork" in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_forked_worker)
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
 def record(api: NbGraderAPI, results: list[Result]) -> None:
     """Store each result's points in nbgrader's gradebook (one auto score per graded cell)."""
     gradebook = api.gradebook
@@ -237,6 +256,8 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
     # Private copies and kernel sockets go under a short path in /tmp (unix socket paths are limited to 107
     # bytes); inside a sandbox /tmp is a fresh tmpfs, so no kernel sees another's folder.
     run_root = Path(tempfile.mkdtemp(prefix="cg-"))
+    if jobs > 1:  # kernels side by side share the cores
+        limits = replace(limits, threads=limits.threads or max(1, (os.cpu_count() or 1) // jobs))
     released = release(api, names, solutions) if names else {}
     hide = [folder, submissions.resolve(), out.resolve(), solutions.resolve(), Path(api.coursedir.root).resolve()]
     tasks = [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
@@ -244,14 +265,16 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
               Path(api.coursedir.root) / "autograded" / s.student / s.assignment / f"{s.assignment}.ipynb")
              for s in found]
     results: list[Result] = []
-    bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
     if jobs == 1 or len(tasks) <= 1:
+        bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
         for task in tasks:
             results.append(_grade_task(task))
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for result in pool.map(_grade_task, tasks):
+        with _workers(jobs) as pool:
+            pending = pool.map(_grade_task, tasks)  # workers start before the progress bar's thread
+            bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
+            for result in pending:
                 results.append(result)
                 bar.update()
     bar.close()

@@ -19,6 +19,7 @@ import io
 import json
 import re
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -162,6 +163,14 @@ class _CappedClient(NotebookClient):
         return super().output(outs, msg, display_id, cell_index)
 
 
+def kernel_env(limits: Limits) -> dict[str, str]:
+    """Environment of a learner's kernel: offline hub, and its share of the cores when kernels run side by side."""
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if limits.threads:
+        env.update({name: str(limits.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    return env
+
+
 class KernelSession:
     """A kernel (sandboxed unless told otherwise) that runs a notebook, then answers calls. A cell or call that
     runs past its limit gets the kernel killed (interrupts can be ignored by the code they interrupt); a fresh
@@ -186,11 +195,13 @@ class KernelSession:
         self.km = AsyncKernelManager(transport="ipc", ip=str(sockets / "k"), connection_file=str(sockets / "kernel.json"))
         self.km._kernel_spec = KernelSpec(argv=self.sandbox.command(argv) if self.sandbox else argv,
                                           language="python", display_name="sandboxed Python",
-                                          env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+                                          env=kernel_env(self.limits))
         self.client = _CappedClient(nb, km=self.km, timeout=self.limits.cell_timeout_s, allow_errors=True,
                                     interrupt_on_timeout=False, resources={"metadata": {"path": str(self.workdir)}})
         self.client.budget = self.limits.output_bytes
-        self._ctx = self.client.setup_kernel(cleanup_kc=False)
+        # The kernel's own stdout/stderr (below IPython: os.write, C libraries) go nowhere, not to the
+        # instructor's terminal: what the learner sees is the notebook's captured output, within its budget.
+        self._ctx = self.client.setup_kernel(cleanup_kc=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._ctx.__enter__()
 
     def _kill(self) -> None:

@@ -22,6 +22,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import course_lib
+from course_lib.models import cache_dir
+
 NOBODY = 65534
 
 
@@ -35,6 +38,7 @@ class Limits:
     cell_timeout_s: int = 600      # one cell
     call_timeout_s: int = 60       # one call of a learner's function by the tests
     notebook_timeout_s: int = 1200  # the whole notebook
+    threads: int = 0               # torch/OpenMP/MKL threads of the kernel; 0: as many as cores
 
 
 class SandboxUnavailable(RuntimeError):
@@ -102,9 +106,6 @@ class Sandbox:
 
     def command(self, argv: list[str]) -> list[str]:
         root = Path(__file__).resolve().parents[1]
-        import course_lib
-        from course_lib.models import cache_dir
-
         back = []  # mounted back read-only after hiding
         interpreter = Path(os.path.realpath(sys.executable)).parents[1]
         for path in (Path(sys.prefix), Path(sys.base_prefix), interpreter, Path(course_lib.__file__).resolve().parent,

@@ -8,9 +8,12 @@ revealing the hidden tests.
 """
 import csv
 import json
+import os
 import shutil
 import socket
 import sqlite3
+import tempfile
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -46,6 +49,8 @@ def _cases(paths: dict) -> dict:
     return {
         "honest_correct": (_answers(), 3, ""),
         "honest_wrong": (_answers(scale=WRONG_SCALE), 2, "lora_scale(16, 8) is 0.5, expected 2"),
+        "honest_counts_threads": (_answers(scale=GOOD_SCALE + "\nimport torch\nprint('THREADS', torch.get_num_threads())"),
+                                  3, ""),
         "infinite_loop": (_answers(scale="def lora_scale(alpha, r):\n    while True:\n        pass"), 2,
                           "no answer within"),
         "endless_print": (_answers(scale=GOOD_SCALE + "\nwhile True:\n    print('spam' * 100)"), 0, "was stopped"),
@@ -208,9 +213,37 @@ def test_nothing_outside_the_sandbox_was_touched(graded):
     assert "Exercises most often failed" in summary and (graded["out"] / "score_distribution.png").stat().st_size > 0
 
 
+def test_kernels_graded_side_by_side_share_the_cores(graded):
+    # --jobs 2: each kernel gets half the cores (not all of them each, which would oversubscribe the machine).
+    executed = nbformat.read(graded["course"] / "autograded" / "honest_counts_threads" / NAME / f"{NAME}.ipynb", 4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"THREADS {max(1, (os.cpu_count() or 1) // 2)}\n" in printed
+
+
 def test_renamed_or_missing_notebooks_are_reported(graded):
     assert "renamed" not in graded["results"] and "removed" not in graded["results"]
     renamed = (graded["out"] / "feedback" / "renamed" / "problems.html").read_text()
     assert "not a course notebook" in renamed
     removed = graded["out"] / "feedback" / "removed" / "problems.html"
     assert removed.is_file()
+
+
+def test_raw_writes_to_stdout_never_reach_the_instructors_terminal(tmp_path, capfd):
+    # Writes below IPython (os.write on fd 1 and 2) bypass the notebook's output budget; they must go nowhere.
+    from grader.run import grade_one
+
+    solutions = tmp_path / "solutions"
+    shutil.copytree(FIXTURE, solutions)
+    released_path = release(open_course(tmp_path / "course"), [NAME], solutions)[NAME]
+    flood = GOOD_SCALE + "\nimport os\nfor _ in range(64):\n    os.write(1, b'LEAK' * 2**18)\n    os.write(2, b'LEAK' * 2**18)"
+    _write(tmp_path / "subs", "flood", nbformat.read(released_path, 4), _answers(scale=flood))
+    capfd.readouterr()
+    run_root = Path(tempfile.mkdtemp(prefix="cg-"))  # kernel sockets need a short path
+    try:
+        result = grade_one("flood", NAME, tmp_path / "subs" / "flood" / f"{NAME}.ipynb", released_path,
+                           solutions / f"{NAME}.ipynb", run_root, LIMITS, True, [tmp_path])
+    finally:
+        shutil.rmtree(run_root, ignore_errors=True)
+    captured = capfd.readouterr()
+    assert result.score == 3
+    assert "LEAK" not in captured.out and "LEAK" not in captured.err
