@@ -153,6 +153,15 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def use_cores() -> int:
+    """Give torch every core (some platforms start it on fewer), or ``$OMP_NUM_THREADS`` when that is set (the
+    grader sets it so that kernels graded side by side share the cores); returns the thread count."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    count = int(threads) if threads.isdigit() and int(threads) > 0 else (os.cpu_count() or 1)
+    torch.set_num_threads(count)
+    return count
+
+
 def load_tokenizer() -> "AutoTokenizer":
     """The SmolLM2 tokenizer alone (from the cache; builds the cache on first use)."""
     return AutoTokenizer.from_pretrained(_ensure_cache(), local_files_only=True)

@@ -194,21 +194,24 @@ def _grade_task(task: tuple) -> Result:
     return grade_one(*task)
 
 
-def _forked_worker() -> None:
-    """Start of a worker forked from the grader: one torch thread (GNU OpenMP hangs in a forked child whose
-    parent used its thread pool, unless the child stays single-threaded; the kernels are separate processes with
-    their own threads) and its own event loop (the parent's, inherited, shares its epoll instance)."""
+def _start_worker() -> None:
+    """Start of a forked worker. It keeps to one torch thread, and tells a notebook's set-up (``use_cores``) so
+    through OMP_NUM_THREADS: GNU OpenMP hangs in a forked child that goes parallel once its parent has used the
+    thread pool. Its work is light (the tests); the kernels, which do the heavy work, are fresh processes with
+    their own share of the cores. It also gets an event loop of its own: the inherited one shares the grader's
+    epoll instance."""
     from jupyter_core.utils import ensure_event_loop
 
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     ensure_event_loop().close()
 
 
-def _workers(jobs: int) -> ProcessPoolExecutor:
-    """Worker processes for --jobs: forked from the grader where the platform allows (everything is already
-    imported, so a worker starts at once), spawned otherwise."""
+def workers(jobs: int) -> ProcessPoolExecutor:
+    """Worker processes for --jobs: forked where the platform allows (everything is already imported, so a
+    worker starts at once), spawned otherwise."""
     if "fork" in multiprocessing.get_all_start_methods():
-        return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_forked_worker)
+        return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker)
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
@@ -271,7 +274,7 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
             results.append(_grade_task(task))
             bar.update()
     else:
-        with _workers(jobs) as pool:
+        with workers(jobs) as pool:
             pending = pool.map(_grade_task, tasks)  # workers start before the progress bar's thread
             bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
             for result in pending:

@@ -462,7 +462,8 @@ def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, lea
         hidden = "\n".join(m.group(1) for m in HIDDEN.finditer(cell.source))
         named = _named_objects(cell.source)
         ns: dict[str, object] = {"__name__": "__grader__"}
-        exec(compile(imports, "<imports>", "exec"), ns)
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(imports, "<imports>", "exec"), ns)
         ns.update(named)
         ns.update({name: LearnerFunction(name, session, named) for name in functions})
         torch.manual_seed(0)

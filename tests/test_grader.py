@@ -86,3 +86,31 @@ def test_zip_submissions_are_unpacked_safely(tmp_path):
     with pytest.raises(GraderError, match="unsafe entry"):
         unpack(evil, tmp_path / "b")
     assert not (tmp_path.parent / "escape.ipynb").exists()
+
+
+def test_forked_workers_run_torch_after_the_grader_used_its_thread_pool():
+    # A forked child that goes parallel hangs once its parent has used GNU OpenMP's pool; the workers of
+    # --jobs are forked, and run each notebook's set-up (use_cores()) and tests. They must finish.
+    import subprocess
+    import sys
+
+    probe = """
+import torch
+from grader.course import workers
+from course_lib.models import use_cores
+
+def work(_):
+    use_cores()
+    x = torch.randn(512, 512)
+    return float((x @ x).exp().sum() > 0), torch.get_num_threads()
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    x = torch.randn(1024, 1024)
+    (x @ x).sum()  # the parent's pool now exists
+    with workers(2) as pool:
+        print(list(pool.map(work, range(4))))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True,
+                         timeout=120).stdout
+    assert out.strip() == str([(1.0, 1)] * 4)

@@ -1,6 +1,7 @@
 """course_lib.models: the embedded model loads offline, chats sensibly, and failures say what to run."""
 import importlib.util
 import json
+import os
 
 import pytest
 import torch
@@ -67,6 +68,19 @@ def test_tiny_model_has_smollm2_layout(tiny):
     a, _ = models.tiny_model(seed=0)
     b, _ = models.tiny_model(seed=1)
     assert not torch.equal(a.model.layers[0].self_attn.q_proj.weight, b.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_use_cores_takes_every_core_unless_the_environment_says_otherwise(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert models.use_cores() == torch.get_num_threads() == (os.cpu_count() or 1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert models.use_cores() == torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "lots")  # not a count: ignored
+        assert models.use_cores() == (os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_default_device_prefers_what_is_asked():

@@ -55,6 +55,16 @@ def test_learner_notebook_has_no_solution_or_hidden_test(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_notebooks_take_their_thread_count_from_use_cores(name):
+    # The grader runs a notebook's set-up in forked workers that must stay single-threaded, and kernels graded
+    # side by side get a share of the cores via OMP_NUM_THREADS: use_cores() honours both, a bare
+    # torch.set_num_threads(...) would not.
+    code = [c.source for c in read(ROOT / "solutions" / f"{name}.ipynb").cells if c.cell_type == "code"]
+    assert not [src for src in code if "set_num_threads" in src]
+    assert any("use_cores()" in src for src in code)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_every_exercise_has_visible_and_hidden_tests(name):
     solution = read(ROOT / "solutions" / f"{name}.ipynb")
     cells = grade_cells(solution)
