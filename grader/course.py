@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 from nbgrader.api import MissingEntry
+from sqlalchemy.exc import SAWarning
 from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.plugins import CsvExportPlugin
@@ -221,7 +223,9 @@ def record(api: NbGraderAPI, results: list[Result]) -> None:
     try:
         for r in results:
             gradebook.update_or_create_student(r.student)
-            gradebook.update_or_create_submission(r.notebook, r.student)
+            with warnings.catch_warnings():  # nbgrader's own autoflush chatter ("not in session"), harmless
+                warnings.simplefilter("ignore", SAWarning)
+                gradebook.update_or_create_submission(r.notebook, r.student)
             for ex in r.exercises:
                 grade_row = gradebook.find_grade(ex.grade_id, r.notebook, r.notebook, r.student)
                 grade_row.auto_score = ex.points

@@ -114,3 +114,31 @@ if __name__ == "__main__":
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True,
                          timeout=120).stdout
     assert out.strip() == str([(1.0, 1)] * 4)
+
+
+def test_grading_again_gives_the_same_grades_and_one_gradebook_entry_each(tmp_path):
+    import shutil
+
+    from grader.course import open_course, release
+
+    fixture = ROOT / "tests" / "data" / "fixture_course"
+    solutions = tmp_path / "solutions"
+    shutil.copytree(fixture, solutions)
+    released = read(release(open_course(tmp_path / "release"), ["00_fixture"], solutions)["00_fixture"])
+    answers = {"lora_scale": "def lora_scale(alpha, r):\n    return alpha / r",
+               "scaled_sum": "def scaled_sum(x, y, alpha):\n    return x"}  # the second one is wrong
+    for cell in released.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") in answers:
+            cell.source = answers[cell.metadata["nbgrader"]["grade_id"]]
+    for student in ("ann", "bob"):
+        (tmp_path / "subs" / student).mkdir(parents=True)
+        nbformat.write(released, tmp_path / "subs" / student / "00_fixture.ipynb")
+    out, course = tmp_path / "out", tmp_path / "course"
+    kept = []
+    for _ in range(2):
+        grade(tmp_path / "subs", out, course=course, solutions=solutions, jobs=2, progress=False)
+        kept.append({name: (out / name).read_text() for name in ("grades.csv", "scores.json", "nbgrader_grades.csv")})
+    assert kept[0] == kept[1]
+    rows = list(csv.DictReader((out / "nbgrader_grades.csv").open()))
+    assert sorted(r["student_id"] for r in rows) == ["ann", "bob"] and {float(r["score"]) for r in rows} == {1.0}
+    assert sorted(p.name for p in (out / "feedback").iterdir()) == ["ann", "bob"]
