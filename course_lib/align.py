@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import math
-import random
 import re
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .classify import IGNORE_INDEX
+from .classify import IGNORE_INDEX, batch_indices
 from .classify import collate as sft_batch  # right-pad (input_ids, labels) pairs; padding: label -100, mask 0
 
 SYSTEM_PROMPT = "You are the support assistant of Acme, an online shop."
@@ -183,12 +182,11 @@ def train_reward_model(model: RewardModel, pairs: Sequence[dict], steps: int = 6
     Returns per-step ``loss`` and ``accuracy`` (fraction of pairs in the batch ranked correctly)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    order = random.Random(seed).sample(range(len(pairs)), len(pairs))
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     model.train()
-    bar = tqdm(range(steps), desc="reward model", disable=not progress)
-    for step in bar:
-        rows = [pairs[order[(step * batch_size + i) % len(order)]] for i in range(batch_size)]
+    bar = tqdm(batch_indices(len(pairs), steps, batch_size, seed), desc="reward model", disable=not progress)
+    for idx in bar:
+        rows = [pairs[i] for i in idx]
         prompts = [r["prompt"] for r in rows]
         rewards = model(prompts + prompts, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
         chosen, rejected = rewards.chunk(2)
@@ -298,8 +296,7 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
     if not params:
         raise ValueError("model has no trainable parameters: inject LoRA adapters first")
     device = params[0].device
-    order = random.Random(seed).sample(range(len(pairs)), len(pairs))
-    batches = [[pairs[order[(s * batch_size + i) % len(order)]] for i in range(batch_size)] for s in range(steps)]
+    batches = [[pairs[i] for i in idx] for idx in batch_indices(len(pairs), steps, batch_size, seed)]
     seen = {id(p): p for b in batches for p in b}
     model.eval()
     ref_c, ref_r = pair_logprobs(model, tokenizer, list(seen.values()), progress=progress)

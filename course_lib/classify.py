@@ -55,6 +55,13 @@ def _pad(sequences: list[list[int]], value: int, left: bool) -> torch.Tensor:
                          for s in sequences])
 
 
+def batch_indices(count: int, steps: int, batch_size: int, seed: int = 0) -> list[list[int]]:
+    """Indices of each step's batch: one seeded shuffle of ``range(count)``, read cyclically (an epoch boundary
+    falls inside a batch when ``count`` is not a multiple of ``batch_size``)."""
+    order = random.Random(seed).sample(range(count), count)
+    return [[order[(step * batch_size + i) % count] for i in range(batch_size)] for step in range(steps)]
+
+
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of (input_ids, labels) into a batch; padding gets label -100 and mask 0."""
     ids, labels = zip(*examples)
@@ -128,13 +135,11 @@ def train_classifier(model: nn.Module, tokenizer, rows: Sequence[dict], steps: i
     device = params[0].device
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     examples = [encode_example(tokenizer, r["text"], r["label"]) for r in rows]
-    order = random.Random(seed).sample(range(len(examples)), len(examples))
     history: dict[str, list[float]] = {"loss": [], "seconds": []}
     model.train()
-    bar = tqdm(range(steps), desc="training", disable=not progress)
+    bar = tqdm(batch_indices(len(examples), steps, batch_size, seed), desc="training", disable=not progress)
     start = time.perf_counter()
-    for step in bar:
-        idx = [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
+    for idx in bar:
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
         loss = answer_loss(model, batch)
         loss.backward()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from course_lib import align
+from course_lib.classify import batch_indices
 from course_lib.data import load_preferences
 from course_lib.lora import inject_lora
 from course_lib.models import load_default_model
@@ -92,9 +92,9 @@ def run_trl(train_pairs, test_pairs, tickets, ref) -> dict:
 def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     pairs = load_preferences("train")
-    order = random.Random(SETTINGS["seed"]).sample(range(len(pairs)), len(pairs))
     # The pairs in the order train_dpo visits them; TRL reads them sequentially in the same order.
-    train_pairs = [pairs[i] for i in order[:SETTINGS["steps"] * SETTINGS["batch_size"]]]
+    train_pairs = [pairs[i] for idx in batch_indices(len(pairs), SETTINGS["steps"], SETTINGS["batch_size"],
+                                                     SETTINGS["seed"]) for i in idx]
     test_pairs = load_preferences("test")[:SETTINGS["heldout_pairs"]]
     tickets = [p["prompt"] for p in load_preferences("test")[-SETTINGS["heldout_tickets"]:]]
     ours, ref = run_ours(pairs, test_pairs, tickets)

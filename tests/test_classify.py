@@ -67,3 +67,12 @@ def test_training_needs_trainable_parameters(tiny):
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         classify.train_classifier(model, tokenizer, load_tickets("train")[:2], steps=1, progress=False)
+
+
+def test_batch_indices_visit_every_example_once_per_epoch_in_a_seeded_order():
+    batches = classify.batch_indices(10, steps=5, batch_size=4, seed=3)
+    assert [len(b) for b in batches] == [4] * 5
+    flat = [i for b in batches for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and flat[:10] != list(range(10))  # shuffled, each once
+    assert flat[10:] == flat[:10]  # the second epoch repeats the order, across a batch boundary
+    assert classify.batch_indices(10, 5, 4, seed=3) == batches != classify.batch_indices(10, 5, 4, seed=4)
