@@ -26,11 +26,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from nbgrader.api import MissingEntry
-from sqlalchemy.exc import SAWarning
 from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.plugins import CsvExportPlugin
+from sqlalchemy.exc import SAWarning
 from tqdm.auto import tqdm
 from traitlets.config import Config, PyFileConfigLoader
 
@@ -154,21 +153,6 @@ def export(api: NbGraderAPI, out_csv: Path) -> Path:
     return out_csv
 
 
-def scores(api: NbGraderAPI, student: str, assignment: str) -> dict[str, float]:
-    """Points per graded cell (grade_id -> score) of one autograded submission, and "total"."""
-    gradebook = api.gradebook
-    try:
-        try:
-            nb = gradebook.find_submission_notebook(assignment, assignment, student)
-        except MissingEntry as err:
-            raise GraderError(f"no autograded submission of {assignment} by {student}") from err
-        result = {grade.name: float(grade.score) for grade in nb.grades}
-        result["total"] = float(nb.score)
-        return result
-    finally:
-        gradebook.close()
-
-
 def unpack(source: Path, target: Path, max_bytes: int = 2 * 2**30) -> Path:
     """A folder of submissions, or a zip of one unpacked safely into ``target`` (no absolute paths, no '..', no
     links, at most ``max_bytes`` in all); a zip holding a single top folder is entered."""
@@ -256,7 +240,10 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
     unpacked.mkdir()
     folder = unpack(submissions, unpacked)
     found, problems = find_submissions(folder, solutions)
-    students = sorted({s.student for s in found} | {p.split("/")[0].split(":")[0] for p in problems})
+    problems_by_student: dict[str, list[str]] = {}
+    for problem in problems:
+        problems_by_student.setdefault(problem.split("/")[0].split(":")[0], []).append(problem)
+    students = sorted({s.student for s in found} | set(problems_by_student))
     if not found and not problems:
         raise GraderError(f"no course notebooks found under {submissions}")
     names = sorted({s.assignment for s in found})
@@ -292,10 +279,7 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
         target = feedback_dir / r.student / f"{r.notebook}.html"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(feedback_html(r), encoding="utf-8")
-    by_student: dict[str, list[str]] = {}
-    for problem in problems:
-        by_student.setdefault(problem.split("/")[0].split(":")[0], []).append(problem)
-    for student, items in by_student.items():
+    for student, items in problems_by_student.items():
         (feedback_dir / student).mkdir(parents=True, exist_ok=True)
         (feedback_dir / student / "problems.html").write_text(problems_html(student, items), encoding="utf-8")
     write_csv(results, students, out / "grades.csv")

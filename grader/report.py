@@ -23,7 +23,7 @@ def feedback_html(result: Result) -> str:
     for ex in result.exercises:
         status = '<span class="pass">passed</span>' if ex.passed else '<span class="fail">failed</span>'
         output = f"<pre>{e(ex.output)}</pre>" if ex.output.strip() else ""
-        rows.append(f"<tr><td>{e(ex.grade_id.removesuffix('_tests'))}</td><td>{status}</td>"
+        rows.append(f"<tr><td>{e(ex.name)}</td><td>{status}</td>"
                     f"<td>{ex.points:g} / {ex.max_points:g}</td><td>{e(ex.message)}{output}</td></tr>")
     notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
     problem = f"<p class='fail'><b>Not graded:</b> {e(result.problem)}</p>" if result.problem else ""
@@ -49,11 +49,11 @@ def write_csv(results: list[Result], students: list[str], path: Path) -> Path:
     for r in sorted(results, key=lambda r: r.notebook):
         names = notebooks.setdefault(r.notebook, [])
         for ex in r.exercises:
-            if ex.grade_id not in names:
-                names.append(ex.grade_id)
+            if ex.name not in names:
+                names.append(ex.name)
     header = ["student"]
     for nb, exercises in notebooks.items():
-        header += [nb] + [f"{nb}:{ex.removesuffix('_tests')}" for ex in exercises]
+        header += [nb] + [f"{nb}:{ex}" for ex in exercises]
     header.append("total")
     by_key = {(r.student, r.notebook): r for r in results}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def write_csv(results: list[Result], students: list[str], path: Path) -> Path:
                 if r is None:
                     row += [""] * (1 + len(exercises))
                     continue
-                points = {ex.grade_id: ex.points for ex in r.exercises}
+                points = {ex.name: ex.points for ex in r.exercises}
                 row += [f"{r.score:g}"] + [f"{points[ex]:g}" if ex in points else "" for ex in exercises]
                 total += r.score
             writer.writerow(row + [f"{total:g}"])
@@ -88,9 +88,8 @@ def write_summary(results: list[Result], out: Path) -> Path:
         top = max(r.max_score for r in results if r.notebook == nb)
         lines.append(f"| {nb} | {len(scores)} | {statistics.mean(scores):.2f} | {statistics.median(scores):.2f} "
                      f"| {top:g} |")
-    failed = Counter((r.notebook, ex.grade_id.removesuffix("_tests")) for r in results for ex in r.exercises
-                     if not ex.passed)
-    attempts = Counter((r.notebook, ex.grade_id.removesuffix("_tests")) for r in results for ex in r.exercises)
+    failed = Counter((r.notebook, ex.name) for r in results for ex in r.exercises if not ex.passed)
+    attempts = Counter((r.notebook, ex.name) for r in results for ex in r.exercises)
     lines += ["", "## Exercises most often failed", "", "| notebook | exercise | failed |", "|---|---|---|"]
     for (nb, ex), count in failed.most_common(10):
         lines.append(f"| {nb} | {ex} | {count} of {attempts[nb, ex]} |")

@@ -56,6 +56,11 @@ class Exercise:
     message: str = ""
     output: str = ""  # what the learner's kernel printed for the visible tests (escaped when shown)
 
+    @property
+    def name(self) -> str:
+        """The exercise's name: its test cell's grade id without ``_tests``."""
+        return self.grade_id.removesuffix("_tests")
+
 
 @dataclass
 class Result:
@@ -122,23 +127,20 @@ def rebuild(learner: nbformat.NotebookNode, release: nbformat.NotebookNode) -> t
             last = gid
         elif cell.get("cell_type") == "code" and isinstance(cell.get("source"), str) and cell.source not in sources:
             extra.setdefault(last, []).append(new_code_cell(cell.source))
-    cells, last = [], None
+    submitted = {_grade_id(c) for c in learner.cells}
+    cells = extra.pop(None, [])  # the learner's cells above every graded cell go first
     for cell in release.cells:
-        gid = _grade_id(cell) or last
-        if _grade_id(cell):
-            copy = nbformat.from_dict(json.loads(json.dumps(cell)))
-            if gid in answers:
-                copy.source = answers[gid]
-            elif cell.metadata["nbgrader"].get("solution") or cell.metadata["nbgrader"].get("grade"):
-                if not any(_grade_id(c) == gid for c in learner.cells):
-                    notes.append(f"cell '{gid}' was missing from your notebook: the original was put back")
-            cells.append(copy)
-            last = _grade_id(cell)
-            cells += extra.pop(last, [])
-        else:
-            cells.append(nbformat.from_dict(json.loads(json.dumps(cell))))
-    if None in extra:
-        cells = extra.pop(None) + cells
+        copy = nbformat.from_dict(json.loads(json.dumps(cell)))
+        cells.append(copy)
+        gid = _grade_id(cell)
+        if not gid:
+            continue
+        if gid in answers:
+            copy.source = answers[gid]
+        elif (cell.metadata["nbgrader"].get("solution") or cell.metadata["nbgrader"].get("grade")) \
+                and gid not in submitted:
+            notes.append(f"cell '{gid}' was missing from your notebook: the original was put back")
+        cells += extra.pop(gid, [])
     out = nbformat.v4.new_notebook(cells=cells, metadata=release.metadata)
     return out, notes
 
@@ -441,6 +443,10 @@ def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, lea
     release_sources = {c.source for c in release.cells}
     added = "\n".join(c.source for c in learner.cells if c.get("cell_type") == "code" and not _grade_id(c)
                       and isinstance(c.get("source"), str) and c.source not in release_sources)
+    base: dict[str, object] = {"__name__": "__grader__"}  # the solution's set-up, run once; each exercise a copy
+    if session is not None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(imports, "<imports>", "exec"), base)
     verdicts = []
     for gid, cell in cells.items():
         meta = cell.metadata["nbgrader"]
@@ -461,11 +467,7 @@ def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, lea
         visible = HIDDEN.sub("", cell.source)
         hidden = "\n".join(m.group(1) for m in HIDDEN.finditer(cell.source))
         named = _named_objects(cell.source)
-        ns: dict[str, object] = {"__name__": "__grader__"}
-        with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(imports, "<imports>", "exec"), ns)
-        ns.update(named)
-        ns.update({name: LearnerFunction(name, session, named) for name in functions})
+        ns = {**base, **named, **{name: LearnerFunction(name, session, named) for name in functions}}
         torch.manual_seed(0)
         passed, message = True, ""
         for part, label, is_hidden in ((visible, f"<visible tests of {gid}>", False),

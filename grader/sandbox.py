@@ -123,7 +123,7 @@ class Sandbox:
         cmd += ["--bind", str(self.workdir), str(self.workdir),
                 "--unshare-all", "--die-with-parent", "--new-session", "--uid", str(NOBODY), "--gid", str(NOBODY),
                 "--chdir", str(self.workdir), "--setenv", "HOME", "/tmp", "--setenv", "COURSE_LIB_CACHE",
-                str(cache_dir().parent), "--setenv", "HF_HUB_OFFLINE", "1", "--setenv", "MPLCONFIGDIR", "/tmp",
+                str(cache_dir().parent), "--setenv", "MPLCONFIGDIR", "/tmp",
                 "--", "/bin/sh", "-c", '"$@"; exit $?', "sandbox"]  # not pid 1's child: kernels exit if ppid is 1
         limits = ["prlimit", f"--as={self.limits.memory_mb * 4 * 2**20}", f"--cpu={self.limits.cpu_seconds}",
                   f"--fsize={self.limits.file_size_mb * 2**20}", "--core=0", "--"]

@@ -1,6 +1,7 @@
 """Helpers for the notebook tests: read nbgrader cells, build a filled-in submission, run cells."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -24,13 +25,19 @@ def hidden_regions(nb) -> list[str]:
     return [m.group(2) for c in nb.cells for m in REGION.finditer(c.source)]
 
 
+def with_answers(learner, answers: dict[str, str]) -> nbformat.NotebookNode:
+    """A copy of a learner notebook with the solution cells named in ``answers`` (grade_id -> code) filled in."""
+    nb = nbformat.from_dict(json.loads(json.dumps(learner)))
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution") and meta["grade_id"] in answers:
+            cell.source = answers[meta["grade_id"]]
+    return nb
+
+
 def filled_submission(name: str) -> nbformat.NotebookNode:
     """The learner notebook with every solution cell replaced by the instructor's solution: what a
     learner who got everything right would hand in."""
-    learner, solution = read(ROOT / "notebooks" / f"{name}.ipynb"), read(ROOT / "solutions" / f"{name}.ipynb")
-    answers = grade_cells(solution)
-    for cell in learner.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if meta.get("solution"):
-            cell.source = answers[meta["grade_id"]].source
-    return learner
+    solution = read(ROOT / "solutions" / f"{name}.ipynb")
+    answers = {gid: c.source for gid, c in grade_cells(solution).items() if c.metadata["nbgrader"].get("solution")}
+    return with_answers(read(ROOT / "notebooks" / f"{name}.ipynb"), answers)

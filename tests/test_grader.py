@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 from grader.course import GraderError, assignment_names, find_submissions, grade
-from notebook_tools import ROOT, filled_submission, read
+from notebook_tools import ROOT, filled_submission, read, with_answers
 
 
 def test_find_submissions_reports_what_it_skips(tmp_path):
@@ -125,14 +125,11 @@ def test_grading_again_gives_the_same_grades_and_one_gradebook_entry_each(tmp_pa
     solutions = tmp_path / "solutions"
     shutil.copytree(fixture, solutions)
     released = read(release(open_course(tmp_path / "release"), ["00_fixture"], solutions)["00_fixture"])
-    answers = {"lora_scale": "def lora_scale(alpha, r):\n    return alpha / r",
-               "scaled_sum": "def scaled_sum(x, y, alpha):\n    return x"}  # the second one is wrong
-    for cell in released.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade_id") in answers:
-            cell.source = answers[cell.metadata["nbgrader"]["grade_id"]]
+    submission = with_answers(released, {"lora_scale": "def lora_scale(alpha, r):\n    return alpha / r",
+                                         "scaled_sum": "def scaled_sum(x, y, alpha):\n    return x"})  # 2nd wrong
     for student in ("ann", "bob"):
         (tmp_path / "subs" / student).mkdir(parents=True)
-        nbformat.write(released, tmp_path / "subs" / student / "00_fixture.ipynb")
+        nbformat.write(submission, tmp_path / "subs" / student / "00_fixture.ipynb")
     out, course = tmp_path / "out", tmp_path / "course"
     kept = []
     for _ in range(2):

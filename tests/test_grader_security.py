@@ -7,7 +7,6 @@ gradebook and every file outside the sandbox are intact, and the feedback names 
 revealing the hidden tests.
 """
 import csv
-import json
 import os
 import shutil
 import socket
@@ -20,7 +19,7 @@ import pytest
 
 from grader.course import grade, open_course, release
 from grader.sandbox import Limits
-from notebook_tools import ROOT, grade_cells
+from notebook_tools import ROOT, with_answers
 
 FIXTURE = ROOT / "tests" / "data" / "fixture_course"
 NAME = "00_fixture"
@@ -127,20 +126,20 @@ def graded(tmp_path_factory):
         elif content is not None:
             _write(subs, student, released, content)
     wrong = {"lora_scale": "def lora_scale(alpha, r):\n    return 0.0", "scaled_sum": "def scaled_sum(x, y, alpha):\n    return x"}
-    edited = _filled(released, wrong)
+    edited = with_answers(released, wrong)
     for cell in edited.cells:
         if cell.metadata.get("nbgrader", {}).get("grade"):
             cell.source = "pass"
     (subs / "edit_locked_tests").mkdir()
     nbformat.write(edited, subs / "edit_locked_tests" / f"{NAME}.ipynb")
-    deleted = _filled(released, wrong)
+    deleted = with_answers(released, wrong)
     deleted.cells = [c for c in deleted.cells if not c.metadata.get("nbgrader", {}).get("grade")]
     (subs / "delete_locked_tests").mkdir()
     nbformat.write(deleted, subs / "delete_locked_tests" / f"{NAME}.ipynb")
     (subs / "blank").mkdir()
     nbformat.write(released, subs / "blank" / f"{NAME}.ipynb")
     (subs / "renamed").mkdir()
-    nbformat.write(_filled(released, _answers()), subs / "renamed" / f"{NAME} (1).ipynb")
+    nbformat.write(with_answers(released, _answers()), subs / "renamed" / f"{NAME} (1).ipynb")
     (subs / "removed").mkdir()
     (subs / "removed" / "notes.txt").write_text("I forgot the notebook")
     results = grade(subs, out, course=course, solutions=solutions, limits=LIMITS, jobs=2, progress=False)
@@ -158,18 +157,9 @@ LIMITS = Limits(memory_mb=2048, processes=128, file_size_mb=64, cell_timeout_s=1
                 notebook_timeout_s=90, output_bytes=200_000)
 
 
-def _filled(released, answers):
-    nb = nbformat.from_dict(json.loads(json.dumps(released)))
-    for cell in nb.cells:
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if gid in answers and cell.metadata["nbgrader"].get("solution"):
-            cell.source = answers[gid]
-    return nb
-
-
 def _write(subs, student, released, answers):
     (subs / student).mkdir(parents=True, exist_ok=True)
-    nbformat.write(_filled(released, answers), subs / student / f"{NAME}.ipynb")
+    nbformat.write(with_answers(released, answers), subs / student / f"{NAME}.ipynb")
 
 
 CASES = list(_cases({"gradebook": "g", "solution": "s", "other": "o", "port": 1}))

@@ -2,13 +2,13 @@
 import math
 import tomllib
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from course_lib.classify import IGNORE_INDEX
 from course_lib.grading import GradingError
 from grader.course import assignment_names, stale_notebooks
 from notebook_tools import ROOT, grade_cells, hidden_regions, read
@@ -128,15 +128,12 @@ def _nf4(divide=True, use_max=False, search=False):
     return {"nf4_quantize_block": quantize}
 
 
-_IGNORE = -100
-
-
 def _sft(start_at_header=False, stop_offset=1, last_only=False, all_tokens=False, truncate="both"):
     from course_lib.align import render_chat
 
     def sft_labels(tokenizer, messages, max_length=None):
         ids = render_chat(tokenizer, messages)
-        labels = list(ids) if all_tokens else [_IGNORE] * len(ids)
+        labels = list(ids) if all_tokens else [IGNORE_INDEX] * len(ids)
         turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
         for k in turns[-1:] if last_only else turns:
             start = len(render_chat(tokenizer, messages[:k], add_generation_prompt=not start_at_header))
@@ -152,7 +149,7 @@ def _sft(start_at_header=False, stop_offset=1, last_only=False, all_tokens=False
 def _logprob(shift=True, mask=True, log=True, average_mode="flag"):
     def response_logprob(logits, labels, average=False):
         targets, scores = (labels[:, 1:], logits[:, :-1]) if shift else (labels, logits)
-        keep = (targets != _IGNORE) if mask else torch.ones_like(targets, dtype=torch.bool)
+        keep = (targets != IGNORE_INDEX) if mask else torch.ones_like(targets, dtype=torch.bool)
         probs = torch.log_softmax(scores.float(), -1) if log else torch.softmax(scores.float(), -1)
         token = probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * keep
         mean = average if average_mode == "flag" else average_mode == "always mean"
