@@ -51,6 +51,16 @@ def read_jsonl(path: str | Path, fields: dict[str, type] | None = None) -> list[
     return rows
 
 
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    """Write ``rows`` as JSON lines (UTF-8, one object per line, non-ASCII kept as is): what
+    :func:`read_jsonl` reads."""
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
 def near_duplicate_key(text: str) -> str:
     """Lower-case, every number -> '#', punctuation dropped, spaces collapsed: texts with equal keys are
     near-duplicates ("Order #123 is late!" ~ "order #456 is late")."""

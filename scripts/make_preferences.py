@@ -18,13 +18,12 @@ number) or ``curt`` (blames the customer, no greeting). Nothing comes from real 
 """
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
 
 from course_lib.align import GREETING, SIGN_OFF
-from course_lib.data import load_tickets
+from course_lib.data import load_tickets, write_jsonl
 
 SEED = 2026
 SIZES = {"train": ("train", 400), "test": ("test", 100)}
@@ -112,9 +111,7 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
 def write(folder: Path = OUT) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in build().items():
-        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(folder / f"{name}.jsonl", rows)
 
 
 if __name__ == "__main__":

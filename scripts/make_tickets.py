@@ -11,13 +11,12 @@ validation or test has a twin in train.
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import sys
 from pathlib import Path
 
-from course_lib.data import near_duplicate_key
+from course_lib.data import near_duplicate_key, write_jsonl
 
 SEED = 2026
 PER_LABEL = 300
@@ -190,9 +189,7 @@ def write(folder: Path = OUT) -> None:
     """Write train/validation/test JSONL files into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in build().items():
-        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps({"id": row["id"], "text": row["text"], "label": row["label"]}) + "\n")
+        write_jsonl(folder / f"{name}.jsonl", [{"id": r["id"], "text": r["text"], "label": r["label"]} for r in rows])
         print(f"{name}: {len(rows)} tickets -> {folder / (name + '.jsonl')}")
 
 

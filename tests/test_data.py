@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.data import (TICKET_LABELS, TICKET_SPLITS, DataError, load_tickets, near_duplicate_key,
-                             read_jsonl, tickets_path)
+from course_lib.data import (PREFERENCE_SPLITS, TICKET_LABELS, TICKET_SPLITS, DataError, load_tickets,
+                             near_duplicate_key, read_jsonl, write_jsonl)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,11 +28,21 @@ def test_ticket_splits_are_large_balanced_and_leak_free():
     assert len(ids) == len(set(ids))
 
 
-def test_shipped_files_are_what_the_generator_makes(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tickets.py"), str(tmp_path)], check=True,
+@pytest.mark.parametrize("script, folder, splits", [("make_tickets.py", "tickets", TICKET_SPLITS),
+                                                     ("make_preferences.py", "preferences", PREFERENCE_SPLITS)])
+def test_shipped_files_are_what_the_generator_makes(tmp_path, script, folder, splits):
+    subprocess.run([sys.executable, str(ROOT / "scripts" / script), str(tmp_path)], check=True,
                    capture_output=True, cwd=ROOT)
-    for name in TICKET_SPLITS:
-        assert (tmp_path / f"{name}.jsonl").read_bytes() == tickets_path(name).read_bytes(), name
+    for name in splits:
+        shipped = ROOT / "course_lib" / "data" / folder / f"{name}.jsonl"
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == shipped.read_bytes(), name
+
+
+def test_write_jsonl_is_what_read_jsonl_reads(tmp_path):
+    rows = [{"id": "a", "text": "caf\u00e9 \u2013 ok"}, {"id": "b", "text": "line\nbreak"}]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    assert read_jsonl(path, {"id": str, "text": str}) == rows
+    assert "caf\u00e9" in path.read_text(encoding="utf-8") and len(path.read_text().splitlines()) == 2
 
 
 def test_near_duplicate_key():
