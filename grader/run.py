@@ -106,7 +106,8 @@ def read_submission(path: Path) -> nbformat.NotebookNode:
 
 def _grade_id(cell) -> str | None:
     meta = cell.get("metadata", {}).get("nbgrader", {})
-    return meta.get("grade_id") if isinstance(meta, dict) else None
+    gid = meta.get("grade_id") if isinstance(meta, dict) else None
+    return gid if isinstance(gid, str) else None
 
 
 def rebuild(learner: nbformat.NotebookNode, release: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]]:
@@ -114,33 +115,38 @@ def rebuild(learner: nbformat.NotebookNode, release: nbformat.NotebookNode) -> t
     the learner's own added cells after the released cell they followed); locked cells always from the
     release. Returns it and notes on what was restored."""
     released = {_grade_id(c): c for c in release.cells if _grade_id(c)}
-    answers, extra, notes, last = {}, {}, [], None
+    by_id = {_grade_id(c): i for i, c in enumerate(release.cells) if _grade_id(c)}
+    by_source: dict[str, int] = {}  # ungraded released cells (instructions, set-up), first occurrence
+    for i, c in enumerate(release.cells):
+        if not _grade_id(c):
+            by_source.setdefault(c.source, i)
     sources = {c.source for c in release.cells}
+    answers, extra, notes, after = {}, {}, [], None  # after: index of the released cell the learner's cells follow
     for cell in learner.cells:
-        gid = _grade_id(cell)
+        gid, source = _grade_id(cell), cell.get("source")
         if gid in released:
             meta = released[gid].metadata["nbgrader"]
-            if meta.get("solution") and cell.get("cell_type") == "code" and isinstance(cell.get("source"), str):
-                answers[gid] = cell.source
-            elif cell.get("source") != released[gid].source:
+            if meta.get("solution") and cell.get("cell_type") == "code" and isinstance(source, str):
+                answers[gid] = source
+            elif source != released[gid].source:
                 notes.append(f"cell '{gid}' is locked: your changes to it were replaced by the original")
-            last = gid
-        elif cell.get("cell_type") == "code" and isinstance(cell.get("source"), str) and cell.source not in sources:
-            extra.setdefault(last, []).append(new_code_cell(cell.source))
+            after = by_id[gid]
+        elif isinstance(source, str) and source in by_source:
+            after = by_source[source]
+        elif cell.get("cell_type") == "code" and isinstance(source, str) and source not in sources:
+            extra.setdefault(after, []).append(new_code_cell(source))
     submitted = {_grade_id(c) for c in learner.cells}
-    cells = extra.pop(None, [])  # the learner's cells above every graded cell go first
-    for cell in release.cells:
+    cells = extra.pop(None, [])  # the learner's cells above every released cell stay first
+    for index, cell in enumerate(release.cells):
         copy = nbformat.from_dict(json.loads(json.dumps(cell)))
         cells.append(copy)
         gid = _grade_id(cell)
-        if not gid:
-            continue
         if gid in answers:
             copy.source = answers[gid]
-        elif (cell.metadata["nbgrader"].get("solution") or cell.metadata["nbgrader"].get("grade")) \
+        elif gid and (cell.metadata["nbgrader"].get("solution") or cell.metadata["nbgrader"].get("grade")) \
                 and gid not in submitted:
             notes.append(f"cell '{gid}' was missing from your notebook: the original was put back")
-        cells += extra.pop(gid, [])
+        cells += extra.pop(index, [])
     out = nbformat.v4.new_notebook(cells=cells, metadata=release.metadata)
     return out, notes
 

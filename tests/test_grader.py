@@ -139,3 +139,34 @@ def test_grading_again_gives_the_same_grades_and_one_gradebook_entry_each(tmp_pa
     rows = list(csv.DictReader((out / "nbgrader_grades.csv").open()))
     assert sorted(r["student_id"] for r in rows) == ["ann", "bob"] and {float(r["score"]) for r in rows} == {1.0}
     assert sorted(p.name for p in (out / "feedback").iterdir()) == ["ann", "bob"]
+
+
+def test_rebuild_restores_locked_cells_and_keeps_the_learners_own_cells_in_place(tmp_path):
+    import shutil
+
+    from grader.course import open_course, release
+    from grader.run import rebuild
+
+    solutions = tmp_path / "solutions"
+    shutil.copytree(ROOT / "tests" / "data" / "fixture_course", solutions)
+    released = read(release(open_course(tmp_path / "course"), ["00_fixture"], solutions)["00_fixture"])
+    learner = with_answers(released, {"lora_scale": "def lora_scale(alpha, r):\n    return alpha / r"})
+    ids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in learner.cells]
+    setup = next(i for i, c in enumerate(learner.cells) if c.cell_type == "code")
+    learner.cells[ids.index("lora_scale_tests")].source = "pass  # my own test"
+    del learner.cells[ids.index("scaled_sum_tests")]
+    learner.cells.insert(ids.index("lora_scale_tests") + 1, nbformat.v4.new_code_cell("AFTER_TESTS = 1"))
+    learner.cells.insert(setup + 1, nbformat.v4.new_code_cell("HELPER = torch.ones(1)"))  # uses the set-up
+    learner.cells.append(nbformat.v4.new_code_cell("ODD = 1", metadata={"nbgrader": {"grade_id": ["x"]}}))
+
+    nb, notes = rebuild(learner, released)
+
+    sources = [c.source for c in nb.cells]
+    by_id = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in released.cells}
+    assert sources.index(released.cells[setup].source) < sources.index("HELPER = torch.ones(1)") \
+        < sources.index("def lora_scale(alpha, r):\n    return alpha / r")
+    assert sources[sources.index(by_id["lora_scale_tests"]) + 1] == "AFTER_TESTS = 1"
+    assert sources[-1] == "ODD = 1"  # a grade id that is not a string: the learner's own cell
+    assert by_id["scaled_sum_tests"] in sources and "pass  # my own test" not in sources
+    assert any("'lora_scale_tests' is locked" in n for n in notes)
+    assert any("'scaled_sum_tests' was missing" in n for n in notes)

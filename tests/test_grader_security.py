@@ -92,6 +92,7 @@ def _cases(paths: dict) -> dict:
                                   "def scaled_sum(x, y, alpha):\n    return T()"), 0, ""),
         "edit_locked_tests": (None, 0, "locked"),
         "delete_locked_tests": (None, 0, "missing"),
+        "odd_metadata": (None, 3, ""),  # a cell whose nbgrader grade_id is a list: an own cell, not a crash
         "reference_call": (_answers(scale="def lora_scale(alpha, r):\n    return lora.lora_scaling(alpha, r)"), 2,
                            "reference implementation"),
         "blank": (None, 0, "NotImplementedError"),
@@ -136,6 +137,10 @@ def graded(tmp_path_factory):
     deleted.cells = [c for c in deleted.cells if not c.metadata.get("nbgrader", {}).get("grade")]
     (subs / "delete_locked_tests").mkdir()
     nbformat.write(deleted, subs / "delete_locked_tests" / f"{NAME}.ipynb")
+    odd = with_answers(released, _answers())
+    odd.cells.append(nbformat.v4.new_code_cell("x = 1", metadata={"nbgrader": {"grade_id": ["lora_scale"]}}))
+    (subs / "odd_metadata").mkdir()
+    nbformat.write(odd, subs / "odd_metadata" / f"{NAME}.ipynb")
     (subs / "blank").mkdir()
     nbformat.write(released, subs / "blank" / f"{NAME}.ipynb")
     (subs / "renamed").mkdir()
