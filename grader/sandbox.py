@@ -103,6 +103,7 @@ class Sandbox:
     hide: list[Path]               # folders to hide (replaced by empty tmpfs)
     limits: Limits = field(default_factory=Limits)
     cgroups: list[Path] = field(default_factory=list)
+    executable: str = "bwrap"      # bubblewrap, as checked by :meth:`create`
 
     def command(self, argv: list[str]) -> list[str]:
         root = Path(__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ class Sandbox:
             if path.exists():
                 back.append(path.resolve())
         hidden = sorted({p.resolve() for p in [root, *self.hide] if p.exists()}, key=lambda p: len(p.parts))
-        cmd = [bwrap(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+        cmd = [self.executable, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                "--tmpfs", "/run", "--tmpfs", "/root", "--tmpfs", "/home"]
         for path in hidden:
             if not any(path.is_relative_to(h) and path != h for h in hidden):
@@ -132,8 +133,8 @@ class Sandbox:
 
     @classmethod
     def create(cls, workdir: Path, hide: list[Path], limits: Limits) -> "Sandbox":
-        bwrap()
-        return cls(workdir, hide, limits, _cgroup_dirs(limits))
+        executable = bwrap()  # checked before any cgroup is made
+        return cls(workdir, hide, limits, _cgroup_dirs(limits), executable)
 
     def cleanup(self) -> None:
         remove_cgroups(self.cgroups)
