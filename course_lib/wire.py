@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .grading import Scale
+
 MAX_ITEMS = 100_000
 MAX_DEPTH = 20
 
@@ -71,7 +73,6 @@ def encode(value: object, tensors: dict[str, torch.Tensor], refs: dict[int, str]
         return {"t": "module", "cls": "Identity"}
     if kind is nn.Dropout:
         return {"t": "module", "cls": "Dropout", "p": float(value.p)}
-    from .grading import Scale
     if kind is Scale:
         return {"t": "module", "cls": "Scale", "factor": float(value.factor)}
     return {"t": "unsupported", "type": _type_name(value)}
@@ -107,7 +108,6 @@ def decode(obj: object, tensors: dict[str, torch.Tensor], refs: dict[str, object
     if tag == "ref" and refs is not None and obj.get("name") in refs:
         return refs[obj["name"]]
     if tag == "module":
-        from .grading import Scale
         cls = obj.get("cls")
         if cls == "Identity":
             return nn.Identity()
