@@ -89,10 +89,19 @@ def convert_gguf(target: Path | None = None, progress: bool = True) -> Path:
     tokenizer.save_pretrained(tmp)
     (tmp / _MARKER).write_text(json.dumps({"source": str(source), "fingerprint": _fingerprint(source),
                                            "seconds": round(time.perf_counter() - t0, 1)}))
+    _make_readable(tmp)
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(target)
     return target
+
+
+def _make_readable(folder: Path) -> None:
+    """Let every user read the cache (safetensors writes 0600): the grader's sandboxed kernels run as nobody."""
+    folder.chmod(0o755)
+    for path in folder.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o644)
 
 
 def _cache_is_current(folder: Path) -> bool:
@@ -229,6 +238,7 @@ def _main(argv: list[str] | None = None) -> None:
         folder = cache_dir()
         if args.rebuild or not _cache_is_current(folder):
             convert_gguf(folder)
+        _make_readable(folder)
         print(f"SmolLM2-135M-Instruct ready in {folder}")
     except ModelNotAvailableError as err:
         sys.exit(f"error: {err}")

@@ -5,22 +5,30 @@ kernel as plain data (JSON for structure, safetensors for tensors; never pickle)
 and answers with plain data. Whatever the learner's code does, what comes back can only be a value: numbers,
 strings, tensors, lists, tuples, dicts, None, or a marker naming an unsupported type.
 
+Requests are files the grader writes where the kernel can only read them; answers come back as display data
+on the kernel's own message channel (:data:`ANSWER_MIME`), so the kernel never writes anywhere the grader
+reads. Every size is capped (message, items, depth, decoded tensor bytes).
+
 Supported values: None, bool, int, float (nan/inf too), str, torch.Tensor, list, tuple, dict with str keys,
 the grader's named objects (``{"t": "ref"}``: the notebook's ``model`` and ``tokenizer``), and the modules
 nn.Identity, nn.Dropout and :class:`course_lib.grading.Scale`.
 """
 from __future__ import annotations
 
+import base64
 import json
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from .grading import Scale
 
-MAX_ITEMS = 100_000
-MAX_DEPTH = 20
+MAX_ITEMS = 100_000               # values (nodes) in one message
+MAX_DEPTH = 20                    # nesting of lists, tuples and dicts
+MAX_MESSAGE_BYTES = 64 * 2**20     # a packed message (JSON + tensors)
+MAX_DECODED_BYTES = 256 * 2**20    # tensor bytes one decoded value may hold (a tensor referenced twice counts twice)
+ANSWER_MIME = "application/x-course-answer"  # how the kernel sends its answer back: display data, base64
+_MAGIC = b"CW1\n"
 
 
 class Unsupported:
@@ -78,10 +86,26 @@ def encode(value: object, tensors: dict[str, torch.Tensor], refs: dict[int, str]
     return {"t": "unsupported", "type": _type_name(value)}
 
 
+class _Budget:
+    """What one decoded value may cost: nodes and tensor bytes (every copy counted)."""
+
+    def __init__(self) -> None:
+        self.nodes = self.bytes = 0
+
+    def spend(self, nodes: int = 1, nbytes: int = 0) -> None:
+        self.nodes += nodes
+        self.bytes += nbytes
+        if self.nodes > MAX_ITEMS or self.bytes > MAX_DECODED_BYTES:
+            raise WireError(f"value too large (over {MAX_ITEMS:,} items or {MAX_DECODED_BYTES >> 20} MB of tensors)")
+
+
 def decode(obj: object, tensors: dict[str, torch.Tensor], refs: dict[str, object] | None = None,
-           depth: int = 0) -> object:
+           depth: int = 0, budget: _Budget | None = None) -> object:
     """The value :func:`encode` described. Unknown tags raise :class:`WireError`; unsupported values come back
-    as :class:`Unsupported`."""
+    as :class:`Unsupported`; a value deeper than MAX_DEPTH, with more than MAX_ITEMS parts or more than
+    MAX_DECODED_BYTES of tensors (each reference to a tensor is a copy) is refused."""
+    budget = budget or _Budget()
+    budget.spend()
     if depth > MAX_DEPTH or type(obj) is not dict or type(obj.get("t")) is not str:
         raise WireError("malformed value")
     tag = obj["t"]
@@ -96,15 +120,17 @@ def decode(obj: object, tensors: dict[str, torch.Tensor], refs: dict[str, object
     if tag == "str" and type(obj.get("v")) is str:
         return obj["v"]
     if tag == "tensor" and type(obj.get("k")) is str and obj["k"] in tensors:
-        tensor = tensors[obj["k"]].clone()
+        source = tensors[obj["k"]]
+        budget.spend(0, source.numel() * source.element_size())
+        tensor = source.clone()
         if obj.get("grad") is True and (tensor.is_floating_point() or tensor.is_complex()):
             tensor.requires_grad_(True)
         return tensor
     if tag in ("list", "tuple") and type(obj.get("v")) is list:
-        items = [decode(v, tensors, refs, depth + 1) for v in obj["v"]]
+        items = [decode(v, tensors, refs, depth + 1, budget) for v in obj["v"]]
         return items if tag == "list" else tuple(items)
     if tag == "dict" and type(obj.get("v")) is dict:
-        return {str(k): decode(v, tensors, refs, depth + 1) for k, v in obj["v"].items()}
+        return {str(k): decode(v, tensors, refs, depth + 1, budget) for k, v in obj["v"].items()}
     if tag == "ref" and refs is not None and obj.get("name") in refs:
         return refs[obj["name"]]
     if tag == "module":
@@ -120,35 +146,67 @@ def decode(obj: object, tensors: dict[str, torch.Tensor], refs: dict[str, object
     raise WireError(f"malformed value (tag {tag!r})")
 
 
-def write(path: Path, message: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """A message as ``path.json`` + ``path.safetensors``."""
-    from safetensors.torch import save_file
+def pack(message: dict, tensors: dict[str, torch.Tensor]) -> bytes:
+    """A message as bytes: a magic line, the JSON's length (8 bytes), the JSON, then the tensors (safetensors)."""
+    from safetensors.torch import save
 
-    save_file(tensors, str(path.with_suffix(".safetensors")))
-    path.with_suffix(".json").write_text(json.dumps(message))
+    header = json.dumps(message).encode("utf-8")
+    return _MAGIC + len(header).to_bytes(8, "little") + header + save(tensors)
 
 
-def read(path: Path, max_bytes: int = 256 * 2**20) -> tuple[dict, dict[str, torch.Tensor]]:
-    """A message written by :func:`write`; refuses files over ``max_bytes``."""
-    from safetensors.torch import load_file
+def unpack(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The message :func:`pack` made; anything else (too large, truncated, not JSON, not safetensors) raises
+    :class:`WireError`."""
+    from safetensors.torch import load
 
-    files = [path.with_suffix(".json"), path.with_suffix(".safetensors")]
-    if any(not f.is_file() or f.is_symlink() for f in files):
-        raise WireError("no answer was written")
-    if sum(f.stat().st_size for f in files) > max_bytes:
-        raise WireError(f"answer larger than {max_bytes >> 20} MB")
-    message = json.loads(files[0].read_text(encoding="utf-8"))
-    if type(message) is not dict:
-        raise WireError("malformed answer")
-    return message, load_file(str(files[1]))
+    if type(data) is not bytes or len(data) > max_bytes:
+        raise WireError(f"message missing or larger than {max_bytes >> 20} MB")
+    if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 8:
+        raise WireError("malformed message")
+    size = int.from_bytes(data[len(_MAGIC):len(_MAGIC) + 8], "little")
+    body = len(_MAGIC) + 8
+    if size > len(data) - body:
+        raise WireError("malformed message")
+    try:
+        message = json.loads(data[body:body + size].decode("utf-8"))
+        tensors = load(data[body + size:])
+    except Exception as err:  # bad UTF-8 / JSON / safetensors, or JSON nested too deep
+        raise WireError(f"malformed message ({type(err).__name__})") from err
+    if type(message) is not dict or not all(type(t) is torch.Tensor for t in tensors.values()):
+        raise WireError("malformed message")
+    return message, tensors
+
+
+def encode_answer(message: dict, tensors: dict[str, torch.Tensor]) -> str:
+    """An answer as the text the kernel publishes (base64 of :func:`pack`)."""
+    return base64.b64encode(pack(message, tensors)).decode("ascii")
+
+
+def decode_answer(text: object, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The answer :func:`encode_answer` made, checked; :class:`WireError` otherwise."""
+    if type(text) is not str or len(text) > (max_bytes // 3 + 1) * 4:
+        raise WireError(f"answer missing or larger than {max_bytes >> 20} MB")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except ValueError as err:
+        raise WireError("malformed answer") from err
+    return unpack(data, max_bytes)
 
 
 # --- kernel side ---------------------------------------------------------------------------------------------
 
 def serve(path: str, namespace: dict) -> None:
-    """Answer the call request at ``path`` (written by the grader) with the function named in it from
-    ``namespace`` (the kernel's globals). Runs inside the learner's sandboxed kernel."""
-    request, tensors = read(Path(path))
+    """Answer the call request at ``path`` (written by the grader, read-only here) with the function named in
+    it from ``namespace`` (the kernel's globals), and publish the answer as display data of type ANSWER_MIME.
+    Runs inside the learner's sandboxed kernel, so the grader trusts nothing it sends: the answer is only
+    data. The function runs under a :class:`~course_lib.tripwire.Tripwire` on the references the request
+    names; changes to its tensor arguments are reported (by position or keyword), not sent back."""
+    from IPython.display import publish_display_data
+
+    from .tripwire import Tripwire
+
+    with open(path, "rb") as f:
+        request, tensors = unpack(f.read())
     refs = {name: namespace.get(name) for name in ("model", "tokenizer")}
     out: dict[str, torch.Tensor] = {}
     answer: dict = {"ok": False}
@@ -161,19 +219,22 @@ def serve(path: str, namespace: dict) -> None:
             kwargs = decode(request["kwargs"], tensors, refs)
             if "rng" in tensors:
                 torch.set_rng_state(tensors["rng"])
-            before = [a.detach().clone() if type(a) in (torch.Tensor, nn.Parameter) else None for a in args]
-            result = function(*args, **kwargs)
-            answer = {"ok": True, "value": encode(result, out), "mutated": {}, "grads": {}}
-            for i, (arg, old) in enumerate(zip(args, before)):
-                if old is not None and (arg.shape != old.shape or not torch.equal(arg.detach(), old)):
-                    answer["mutated"][str(i)] = encode(arg, out)
+            inputs = [(str(i), a) for i, a in enumerate(args)] + list(kwargs.items())
+            before = {k: a.detach().clone() for k, a in inputs if type(a) in (torch.Tensor, nn.Parameter)}
+            tripwire = Tripwire([str(n) for n in request.get("references", [])])
+            with tripwire:
+                result = function(*args, **kwargs)
+            changed = [k for k, a in inputs if k in before and (a.shape != before[k].shape or
+                                                             not torch.equal(a.detach(), before[k]))]
+            answer = {"ok": True, "value": encode(result, out), "mutated": changed, "grads": {},
+                      "references": sorted(tripwire.hits)}
             _scalar_grads(result, args, answer, out)
-            out["rng"] = torch.get_rng_state()
     except Exception as err:  # the learner's error: reported by type only
         answer = {"ok": False, "error": type(err).__name__[:100]}
-    write(Path(path + ".answer"), answer, out)
-
-
+    text = encode_answer(answer, out)
+    if len(text) > MAX_MESSAGE_BYTES // 3 * 4:
+        text = encode_answer({"ok": False, "error": "AnswerTooLarge"}, {})
+    publish_display_data({ANSWER_MIME: text})
 def _scalar_grads(result: object, args: tuple, answer: dict, out: dict[str, torch.Tensor]) -> None:
     """For each 0-d result (or 0-d item of a tuple result) that requires grad: its gradient w.r.t. every
     tensor argument that requires grad, so the grader can backpropagate through the answer."""

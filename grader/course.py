@@ -16,6 +16,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import nbformat
 import torch
 from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
@@ -34,8 +36,8 @@ from tqdm.auto import tqdm
 from traitlets.config import Config, PyFileConfigLoader
 
 from .report import feedback_html, problems_html, write_csv, write_summary
-from .run import Result, grade_one
-from .sandbox import Limits, SandboxUnavailable, bwrap
+from .run import Result, blank_verdicts, grade_one
+from .sandbox import Limits, SandboxUnavailable, bwrap, run_folder, sweep_stale
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
@@ -119,27 +121,46 @@ class Submission:
     path: Path
 
 
-def find_submissions(folder: Path, solutions: Path = SOLUTIONS) -> tuple[list[Submission], list[str]]:
-    """``<student>/<notebook>.ipynb`` files under ``folder`` that name a course notebook, and a list of
-    problems (unknown notebook names, files outside a student folder)."""
+STUDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # what a student folder may be called
+
+
+def shown(name: str) -> str:
+    """A name from a submission as it may appear in a message: quoted, escapes for anything unusual."""
+    return ascii(name)[:120]
+
+
+def find_submissions(folder: Path, solutions: Path = SOLUTIONS) -> tuple[list[Submission], list[str], list[str]]:
+    """``<student>/<notebook>.ipynb`` files under ``folder`` that name a course notebook; problems of students
+    (``"<student>: ..."``: unknown notebook names, no notebook), and problems of the batch that belong to no
+    student (a folder whose name is not a safe student id, links, files outside a student folder). Nothing is
+    followed through a link."""
     if not folder.is_dir():
         raise GraderError(f"{folder} is not a folder of <student>/<notebook>.ipynb submissions")
-    known, found, problems = set(assignment_names(solutions)), [], []
+    known, found, problems, rejected = set(assignment_names(solutions)), [], [], []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
+        if path.is_symlink():
+            rejected.append(f"{shown(path.name)}: a link, not a student folder; not graded")
+            continue
         if not path.is_dir():
-            problems.append(f"{path.name}: not a student folder (expected <student>/<notebook>.ipynb)")
+            rejected.append(f"{shown(path.name)}: not a student folder (expected <student>/<notebook>.ipynb)")
+            continue
+        if not STUDENT_ID.fullmatch(path.name):
+            rejected.append(f"{shown(path.name)}: not a valid student id (letters, digits, '.', '_', '-'; "
+                            "at most 64); not graded")
             continue
         notebooks = sorted(path.glob("*.ipynb"))
         for nb in notebooks:
-            if nb.stem in known:
+            if nb.is_symlink():
+                problems.append(f"{path.name}/{shown(nb.name)}: a link, not a notebook; not graded")
+            elif nb.stem in known:
                 found.append(Submission(path.name, nb.stem, nb))
             else:
-                problems.append(f"{path.name}/{nb.name}: not a course notebook (expected one of {sorted(known)})")
+                problems.append(f"{path.name}/{shown(nb.name)}: not a course notebook (expected one of {sorted(known)})")
         if not notebooks:
             problems.append(f"{path.name}: no notebook in this folder (expected one of {sorted(known)} .ipynb)")
-    return found, problems
+    return found, problems, rejected
 
 
 def export(api: NbGraderAPI, out_csv: Path) -> Path:
@@ -218,12 +239,40 @@ def record(api: NbGraderAPI, results: list[Result]) -> None:
         gradebook.close()
 
 
+def _run_tasks(tasks: list[tuple], jobs: int, progress: bool) -> list[Result]:
+    """Grade every task, in this process or ``jobs`` forked workers. A worker that dies (or any failure outside
+    :func:`grade_one`, which never raises) costs only its own submissions: they come back as problems."""
+    results: list[Result] = []
+    bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
+    if jobs == 1 or len(tasks) <= 1:
+        for task in tasks:
+            results.append(_grade_task(task))
+            bar.update()
+    else:
+        with workers(jobs) as pool:
+            futures = [pool.submit(_grade_task, task) for task in tasks]
+            for task, future in zip(tasks, futures):
+                try:
+                    results.append(future.result())
+                except Exception as err:
+                    failed = Result(task[0], task[1], problem="the grader's worker failed while grading this "
+                                    "notebook; tell your instructor",
+                                    infrastructure=f"worker failed ({type(err).__name__})")
+                    failed.exercises = blank_verdicts(nbformat.read(task[4], as_version=4), "Not graded: " + failed.problem)
+                    results.append(failed)
+                bar.update()
+    bar.close()
+    return results
+
+
 def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int = 1, sandboxed: bool = True,
           limits: Limits = Limits(), solutions: Path = SOLUTIONS, progress: bool = True) -> list[Result]:
     """Grade every submission in a folder or zip: sandboxed execution, verdicts decided outside the kernel,
     feedback in ``out/feedback/<student>/<notebook>.html``, ``out/grades.csv`` (a row per student, a column
     per notebook and exercise), ``out/summary.md`` + ``out/score_distribution.png``, ``out/scores.json``, and
-    the scores in nbgrader's gradebook (``out/nbgrader_grades.csv`` is nbgrader's export of it)."""
+    the scores in nbgrader's gradebook (``out/nbgrader_grades.csv`` is nbgrader's export of it).
+    Raises :class:`GraderError`, recording nothing, when every submission failed for a reason of the machine's
+    (e.g. no kernel could start): that is not a class of zeros."""
     if sandboxed:
         try:
             bwrap()
@@ -231,48 +280,51 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
             raise GraderError(str(err)) from err
     if jobs < 1:
         raise GraderError(f"--jobs must be at least 1, got {jobs}")
+    sweep_stale()
     out.mkdir(parents=True, exist_ok=True)
     api = open_course(course)
     work = Path(api.coursedir.root) / "work"
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, mode=0o700)
     unpacked = work / "unpacked"
     unpacked.mkdir()
-    folder = unpack(submissions, unpacked)
-    found, problems = find_submissions(folder, solutions)
-    problems_by_student: dict[str, list[str]] = {}
-    for problem in problems:
-        problems_by_student.setdefault(problem.split("/")[0].split(":")[0], []).append(problem)
-    students = sorted({s.student for s in found} | set(problems_by_student))
-    if not found and not problems:
-        raise GraderError(f"no course notebooks found under {submissions}")
-    names = sorted({s.assignment for s in found})
-    # Private copies and kernel sockets go under a short path in /tmp (unix socket paths are limited to 107
-    # bytes); inside a sandbox /tmp is a fresh tmpfs, so no kernel sees another's folder.
-    run_root = Path(tempfile.mkdtemp(prefix="cg-"))
-    if jobs > 1:  # kernels side by side share the cores
-        limits = replace(limits, threads=limits.threads or max(1, (os.cpu_count() or 1) // jobs))
-    released = release(api, names, solutions) if names else {}
-    hide = [folder, submissions.resolve(), out.resolve(), solutions.resolve(), Path(api.coursedir.root).resolve()]
-    tasks = [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
-              run_root, limits, sandboxed, hide,
-              Path(api.coursedir.root) / "autograded" / s.student / s.assignment / f"{s.assignment}.ipynb")
-             for s in found]
-    results: list[Result] = []
-    if jobs == 1 or len(tasks) <= 1:
-        bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
-        for task in tasks:
-            results.append(_grade_task(task))
-            bar.update()
-    else:
-        with workers(jobs) as pool:
-            pending = pool.map(_grade_task, tasks)  # workers start before the progress bar's thread
-            bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
-            for result in pending:
-                results.append(result)
-                bar.update()
-    bar.close()
-    record(api, results)
+    run_root = run_folder()  # the kernels' private folders: grader-owned, under a short path
+    try:
+        folder = unpack(submissions, unpacked)
+        found, problems, rejected = find_submissions(folder, solutions)
+        problems_by_student: dict[str, list[str]] = {}
+        for problem in problems:
+            problems_by_student.setdefault(problem.split("/")[0].split(":")[0], []).append(problem)
+        students = sorted({s.student for s in found} | set(problems_by_student))
+        if not found and not problems and not rejected:
+            raise GraderError(f"no course notebooks found under {submissions}")
+        names = sorted({s.assignment for s in found})
+        if jobs > 1:  # kernels side by side share the cores
+            limits = replace(limits, threads=limits.threads or max(1, (os.cpu_count() or 1) // jobs))
+        released = release(api, names, solutions) if names else {}
+        tasks = [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
+                  run_root, limits, sandboxed,
+                  Path(api.coursedir.root) / "autograded" / s.student / s.assignment / f"{s.assignment}.ipynb")
+                 for s in found]
+        results = _run_tasks(tasks, jobs, progress)
+        broken = [r for r in results if r.infrastructure]
+        if results and len(broken) == len(results):
+            reasons = sorted({r.infrastructure for r in broken})
+            raise GraderError(f"no submission could be graded, for a reason of this machine, not the submissions "
+                              f"(nothing was recorded): {'; '.join(reasons)[:1000]}")
+        record(api, results)
+        write_reports(results, students, problems_by_student, rejected, out)
+        if names:
+            export(api, out / "nbgrader_grades.csv")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(run_root, ignore_errors=True)
+    return results
+
+
+def write_reports(results: list[Result], students: list[str], problems_by_student: dict[str, list[str]],
+                  rejected: list[str], out: Path) -> None:
+    """Feedback pages, problems pages, grades.csv, summary.md and scores.json under ``out``."""
     feedback_dir = out / "feedback"
     shutil.rmtree(feedback_dir, ignore_errors=True)
     for r in results:
@@ -282,17 +334,15 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
     for student, items in problems_by_student.items():
         (feedback_dir / student).mkdir(parents=True, exist_ok=True)
         (feedback_dir / student / "problems.html").write_text(problems_html(student, items), encoding="utf-8")
+    if rejected:
+        (out / "problems.html").write_text(problems_html("this batch (no student)", rejected), encoding="utf-8")
+    elif (out / "problems.html").exists():
+        (out / "problems.html").unlink()
     write_csv(results, students, out / "grades.csv")
-    if results:
-        write_summary(results, out)
+    write_summary(results, out, rejected)
     summary = {f"{r.student}/{r.notebook}": {**{e.grade_id: e.points for e in r.exercises}, "total": r.score}
                for r in results}
     (out / "scores.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    if names:
-        export(api, out / "nbgrader_grades.csv")
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(run_root, ignore_errors=True)
-    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -309,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="run submissions without the bubblewrap sandbox (only for trusted submissions)")
     p.add_argument("--memory-mb", type=int, default=Limits.memory_mb, help="memory limit per submission")
     p.add_argument("--cell-timeout", type=int, default=Limits.cell_timeout_s, help="seconds per cell")
-    p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_timeout_s, help="seconds per notebook")
+    p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_timeout_s, help="seconds per submission: its notebook, restarts and every call of the tests")
     p = sub.add_parser("export", help="export the gradebook to CSV (nbgrader's format)")
     p.add_argument("--out", type=Path, default=Path("grading"), help="nbgrader_grades.csv goes here")
     p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder")

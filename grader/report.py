@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import html
+import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -43,6 +44,23 @@ def problems_html(student: str, problems: list[str]) -> str:
             f"<p>These files were not graded:</p><ul>{items}</ul></body></html>\n")
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&])")
+
+
+def csv_cell(value: str) -> str:
+    """A CSV cell that a spreadsheet shows as text: a leading formula character is quoted away (OWASP's CSV
+    injection advice), line breaks become spaces."""
+    value = value.replace("\r", " ").replace("\n", " ")
+    return "'" + value if value.startswith(_FORMULA) else value
+
+
+def md_text(value: str) -> str:
+    """Text shown literally in Markdown: every punctuation character that Markdown or HTML could act on is
+    backslash-escaped, line breaks become spaces."""
+    return _MARKDOWN.sub(r"\\\1", value.replace("\r", " ").replace("\n", " "))
+
+
 def write_csv(results: list[Result], students: list[str], path: Path) -> Path:
     """One row per student; per notebook a total column and one column per exercise (empty: not submitted)."""
     notebooks: dict[str, list[str]] = {}
@@ -59,7 +77,7 @@ def write_csv(results: list[Result], students: list[str], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
+        writer.writerow([csv_cell(h) for h in header])
         for student in sorted(students):
             row, total = [student], 0.0
             for nb, exercises in notebooks.items():
@@ -70,18 +88,22 @@ def write_csv(results: list[Result], students: list[str], path: Path) -> Path:
                 points = {ex.name: ex.points for ex in r.exercises}
                 row += [f"{r.score:g}"] + [f"{points[ex]:g}" if ex in points else "" for ex in exercises]
                 total += r.score
-            writer.writerow(row + [f"{total:g}"])
+            writer.writerow([csv_cell(c) for c in row + [f"{total:g}"]])
     return path
 
 
-def write_summary(results: list[Result], out: Path) -> Path:
-    """summary.md (per notebook: submissions, mean and median score; the exercises most often failed) and
-    score_distribution.png."""
+def write_summary(results: list[Result], out: Path, rejected: list[str] = ()) -> Path:
+    """summary.md (per notebook: submissions, mean and median score; the exercises most often failed; what was
+    not graded, escaped) and score_distribution.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     notebooks = sorted({r.notebook for r in results})
+    if not notebooks:
+        (out / "summary.md").write_text("# Grading summary\n\nNothing was graded.\n\n" +
+                                         "".join(f"- {md_text(item)}\n" for item in rejected))
+        return out / "summary.md"
     lines = ["# Grading summary", "", "| notebook | submissions | mean | median | max points |", "|---|---|---|---|---|"]
     for nb in notebooks:
         scores = [r.score for r in results if r.notebook == nb]
@@ -93,9 +115,9 @@ def write_summary(results: list[Result], out: Path) -> Path:
     lines += ["", "## Exercises most often failed", "", "| notebook | exercise | failed |", "|---|---|---|"]
     for (nb, ex), count in failed.most_common(10):
         lines.append(f"| {nb} | {ex} | {count} of {attempts[nb, ex]} |")
-    not_graded = [r for r in results if r.problem]
+    not_graded = [f"{r.student}/{r.notebook}: {r.problem}" for r in results if r.problem] + list(rejected)
     if not_graded:
-        lines += ["", "## Not graded", ""] + [f"- {r.student}/{r.notebook}: {r.problem}" for r in not_graded]
+        lines += ["", "## Not graded", ""] + [f"- {md_text(item)}" for item in not_graded]
     fig, axes = plt.subplots(1, len(notebooks), figsize=(4.5 * len(notebooks), 3.2), squeeze=False)
     for ax, nb in zip(axes[0], notebooks):
         ax.hist([r.score for r in results if r.notebook == nb], bins=10, color="#2a7ab9")

@@ -17,8 +17,10 @@ import ast
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -29,16 +31,22 @@ from pathlib import Path
 
 import nbformat
 import torch
+import zmq
+from jupyter_client import AsyncKernelClient, AsyncKernelManager
+from jupyter_client.connect import channel_socket_types
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_code_cell, new_output
 
 from course_lib import wire
 from course_lib.grading import GradingError
+from course_lib.models import cache_dir
+from course_lib.tripwire import TAMPERING
 
 from .sandbox import Limits, Sandbox
 
 MAX_NOTEBOOK_BYTES = 20 * 2**20
+MAX_KERNEL_MESSAGE = wire.MAX_MESSAGE_BYTES * 2  # one message from a kernel (an answer is base64: 4/3 of its bytes)
 HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS\n?", re.S)
 
 
@@ -67,9 +75,18 @@ class Result:
     student: str
     notebook: str
     exercises: list[Exercise] = field(default_factory=list)
-    problem: str = ""       # why nothing could be graded, if so
+    problem: str = ""       # why nothing could be graded, if so (for the learner)
     notes: list[str] = field(default_factory=list)  # what the grader changed or stopped
     seconds: float = 0.0
+    infrastructure: str = ""  # the machine failed, not the submission (for the instructor)
+
+    def made_safe(self) -> "Result":
+        """Every text made safe for every writer (see :func:`safe_text`): much of it came from the kernel."""
+        self.problem, self.infrastructure = safe_text(self.problem), safe_text(self.infrastructure)
+        self.notes = [safe_text(n, 2000) for n in self.notes]
+        for ex in self.exercises:
+            ex.message, ex.output = safe_text(ex.message, 5000), safe_text(ex.output)
+        return self
 
     @property
     def score(self) -> float:
@@ -84,14 +101,20 @@ class Result:
 
 def read_submission(path: Path) -> nbformat.NotebookNode:
     """The submitted notebook, or :class:`SubmissionError` naming what is wrong with the file."""
-    if path.is_symlink() or not path.is_file():
-        raise SubmissionError(f"{path.name} is not a regular file")
-    size = path.stat().st_size
-    if size > MAX_NOTEBOOK_BYTES:
-        raise SubmissionError(f"{path.name} is {size / 2**20:.0f} MB; notebooks over "
-                              f"{MAX_NOTEBOOK_BYTES >> 20} MB are not graded (clear large outputs and resubmit)")
+    try:  # one open, never through a link, never blocking on a pipe
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise SubmissionError(f"{path.name} is not a regular file") from err
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SubmissionError(f"{path.name} is not a regular file")
+        if info.st_size > MAX_NOTEBOOK_BYTES:
+            raise SubmissionError(f"{path.name} is {info.st_size / 2**20:.0f} MB; notebooks over "
+                                  f"{MAX_NOTEBOOK_BYTES >> 20} MB are not graded (clear large outputs and resubmit)")
+        data = f.read(MAX_NOTEBOOK_BYTES + 1)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise SubmissionError(f"{path.name} is not UTF-8 text (byte {err.start}); it is not a notebook") from err
     try:
@@ -151,29 +174,121 @@ def rebuild(learner: nbformat.NotebookNode, release: nbformat.NotebookNode) -> t
     return out, notes
 
 
+# --- text that came out of a learner's kernel --------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+KEPT_MIME = ("text/plain", "image/png", "image/jpeg")  # what an instructor's browser may render of learner outputs
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
+
+
+def safe_text(value: object, limit: int = 20_000) -> str:
+    """Any value as text that every writer accepts (HTML, CSV, JSON, notebook, SQLite, terminal): lone
+    surrogates and undecodable bytes replaced, terminal escapes and control characters (but newline and tab)
+    removed, at most ``limit`` characters."""
+    text = value if isinstance(value, str) else str(value)
+    text = text[:limit * 2].encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL.sub("", _ANSI.sub("", text))[:limit]
+
+
+def sanitize_outputs(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The executed notebook as it may be stored and shown: outputs keep plain text and PNG/JPEG images only
+    (no HTML, JavaScript, SVG, Markdown or widget views: an instructor's browser would render them), every
+    text made safe, metadata of outputs dropped, no widget state."""
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            kind = out.get("output_type")
+            if kind == "stream":
+                kept.append(new_output("stream", name="stderr" if out.get("name") == "stderr" else "stdout",
+                                       text=safe_text(out.get("text", ""))))
+            elif kind == "error":
+                kept.append(new_output("error", ename=safe_text(out.get("ename", ""), 200),
+                                       evalue=safe_text(out.get("evalue", ""), 2000),
+                                       traceback=[safe_text(t, 5000) for t in list(out.get("traceback", []))[:50]]))
+            elif kind in ("display_data", "execute_result"):
+                raw = out.get("data") if isinstance(out.get("data"), dict) else {}
+                data = {}
+                for mime in KEPT_MIME:
+                    value = raw.get(mime)
+                    if isinstance(value, list):
+                        value = "".join(str(v) for v in value)
+                    if isinstance(value, str) and (mime == "text/plain" or _BASE64.fullmatch(value)):
+                        data[mime] = safe_text(value, 2_000_000) if mime == "text/plain" else value
+                if data:
+                    extra = {"execution_count": cell.get("execution_count")} if kind == "execute_result" else {}
+                    kept.append(new_output(kind, data=data, **extra))
+        cell.outputs = kept
+    nb.metadata.pop("widgets", None)
+    return nb
+
+
 # --- the kernel --------------------------------------------------------------------------------------------------
 
-class _CappedClient(NotebookClient):
-    """nbclient that keeps at most ``budget`` bytes of outputs per notebook."""
+class _GuardedKernelClient(AsyncKernelClient):
+    """A kernel client whose sockets refuse messages over MAX_KERNEL_MESSAGE bytes (ZeroMQ drops the
+    connection instead of buffering them in the grader's memory)."""
+
+    def _create_connected_socket(self, channel, identity=None):
+        sock = self.context.socket(channel_socket_types[channel])
+        sock.linger = 1000
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_KERNEL_MESSAGE)
+        if identity:
+            sock.identity = identity
+        sock.connect(self._make_url(channel))
+        return sock
+
+
+class _GuardedKernelManager(AsyncKernelManager):
+    """Writes the connection file readable by the sandboxed kernel's unprivileged user (the folder holding it
+    is the grader's, mounted read-only)."""
+    client_factory = _GuardedKernelClient
+
+    def write_connection_file(self, **kwargs):
+        super().write_connection_file(**kwargs)
+        os.chmod(self.connection_file, 0o644)
+
+
+class _GuardedClient(NotebookClient):
+    """nbclient that keeps at most ``budget`` bytes of outputs per notebook, counting every message that can
+    change what is stored (display updates and clears included). While ``calling``, the kernel's messages
+    change nothing: only an answer (display data of type ANSWER_MIME) is taken, into ``answer``."""
     budget = 2_000_000
     used = 0
     truncated = False
+    calling = False
+    answer: object = None
 
-    def output(self, outs, msg, display_id, cell_index):
-        size = len(json.dumps(msg.get("content", {}), default=str))
-        self.used += size
-        if self.used > self.budget:
-            if not self.truncated:
-                self.truncated = True
-                outs.append(new_output("stream", name="stderr",
-                                       text=f"\n[output stopped by the grader: over {self.budget:,} bytes]\n"))
+    def process_message(self, msg, cell, cell_index):
+        msg_type = msg.get("msg_type")
+        content = msg.get("content") if isinstance(msg.get("content"), dict) else {}
+        if msg_type == "status":
+            return super().process_message(msg, cell, cell_index)
+        if self.calling:
+            data = content.get("data")
+            if msg_type == "display_data" and isinstance(data, dict) and wire.ANSWER_MIME in data:
+                self.answer = data[wire.ANSWER_MIME]
             return None
-        return super().output(outs, msg, display_id, cell_index)
+        if msg_type not in ("execute_input",):
+            self.used += len(json.dumps(content, default=str))
+            if self.used > self.budget:
+                if not self.truncated:
+                    self.truncated = True
+                    cell.outputs.append(new_output("stream", name="stderr",
+                                                   text=f"\n[output stopped by the grader: over {self.budget:,} bytes]\n"))
+                return None
+        return super().process_message(msg, cell, cell_index)
 
 
-def kernel_env(limits: Limits) -> dict[str, str]:
-    """Environment of a learner's kernel: offline hub, and its share of the cores when kernels run side by side."""
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def kernel_env(limits: Limits, home: str) -> dict[str, str]:
+    """The whole environment of a learner's kernel (nothing of the grader's): offline hub, its home, the model
+    cache, and its share of the cores when kernels run side by side."""
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8",
+           "MPLCONFIGDIR": f"{home}/.matplotlib", "COURSE_LIB_CACHE": str(cache_dir().parent),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONDONTWRITEBYTECODE": "1"}
     if limits.threads:
         env.update({name: str(limits.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
     return env
@@ -182,35 +297,54 @@ def kernel_env(limits: Limits) -> dict[str, str]:
 class KernelSession:
     """A kernel (sandboxed unless told otherwise) that runs a notebook, then answers calls. A cell or call that
     runs past its limit gets the kernel killed (interrupts can be ignored by the code they interrupt); a fresh
-    kernel then runs only the ``minimal`` cells (set-up and solutions) so the other exercises can be decided."""
+    kernel then runs only the ``minimal`` cells (set-up and solutions) so the other exercises can be decided.
+    One clock covers it all: the notebook, restarts and calls end at ``deadline``.
+
+    ``folder`` is the grader's own (mode 0700): ``private/`` holds the connection file and the call requests
+    (read-only in the sandbox), ``sockets<n>/`` the kernel's sockets (sealed once the kernel is ready)."""
 
     MAX_RESTARTS = 3
 
-    def __init__(self, workdir: Path, limits: Limits, sandbox: Sandbox | None, minimal: list[str]):
-        self.workdir, self.limits, self.sandbox, self.minimal = workdir, limits, sandbox, minimal
+    def __init__(self, folder: Path, limits: Limits, sandbox: Sandbox | None, minimal: list[str]):
+        self.folder, self.limits, self.sandbox, self.minimal = folder, limits, sandbox, minimal
+        self.private = folder / "private"
+        self.private.mkdir(mode=0o755)
+        (self.private / "calls").mkdir(mode=0o755)
         self.calls = self.restarts = 0
         self.dead = False
         self.notes: list[str] = []
         self.deadline = time.monotonic() + limits.notebook_timeout_s
 
-    def _launch(self, nb: nbformat.NotebookNode) -> None:
-        from jupyter_client import AsyncKernelManager
+    def launch(self, nb: nbformat.NotebookNode) -> None:
         from jupyter_client.kernelspec import KernelSpec
 
-        sockets = self.workdir / f".kernel{self.restarts}"
-        sockets.mkdir(exist_ok=True)
+        sockets = self.folder / f"sockets{self.restarts}"
         argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        self.km = AsyncKernelManager(transport="ipc", ip=str(sockets / "k"), connection_file=str(sockets / "kernel.json"))
-        self.km._kernel_spec = KernelSpec(argv=self.sandbox.command(argv) if self.sandbox else argv,
-                                          language="python", display_name="sandboxed Python",
-                                          env=kernel_env(self.limits))
-        self.client = _CappedClient(nb, km=self.km, timeout=self.limits.cell_timeout_s, allow_errors=True,
-                                    interrupt_on_timeout=False, resources={"metadata": {"path": str(self.workdir)}})
+        if self.sandbox:
+            Sandbox.sockets_folder(sockets)
+            env = kernel_env(self.limits, "/tmp")
+            argv = self.sandbox.command(argv, env, self.private, sockets)
+            cwd = self.folder
+        else:
+            sockets.mkdir(mode=0o700)
+            cwd = self.folder / "work"
+            cwd.mkdir(exist_ok=True)
+            env = kernel_env(self.limits, str(cwd))
+        self.km = _GuardedKernelManager(transport="ipc", ip=str(sockets / "k"),
+                                        connection_file=str(self.private / f"kernel{self.restarts}.json"))
+        self.km._kernel_spec = KernelSpec(argv=argv, language="python", display_name="sandboxed Python", env={})
+        self.client = _GuardedClient(nb, km=self.km, timeout=self.limits.cell_timeout_s, allow_errors=True,
+                                     interrupt_on_timeout=False, store_widget_state=False,
+                                     resources={"metadata": {"path": str(cwd)}})
         self.client.budget = self.limits.output_bytes
         # The kernel's own stdout/stderr (below IPython: os.write, C libraries) go nowhere, not to the
         # instructor's terminal: what the learner sees is the notebook's captured output, within its budget.
-        self._ctx = self.client.setup_kernel(cleanup_kc=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its environment is exactly ``env``: nothing of the grader's (secrets included) reaches it.
+        self._ctx = self.client.setup_kernel(cleanup_kc=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                             env=env)
         self._ctx.__enter__()
+        if self.sandbox:
+            Sandbox.seal(sockets)  # the kernel is ready and no learner code has run yet
 
     def _kill(self) -> None:
         from jupyter_core.utils import run_sync
@@ -220,18 +354,20 @@ class KernelSession:
         except Exception:
             pass
 
+    def _left(self) -> float:
+        return self.deadline - time.monotonic()
+
     def _execute(self, nb: nbformat.NotebookNode, keep_notes: bool) -> bool:
         """Run the code cells of ``nb``; False if one ran past a limit or the kernel died (then it is killed)."""
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
-            left = self.deadline - time.monotonic()
-            if left <= 1:
-                self.notes.append(f"the notebook ran past its {self.limits.notebook_timeout_s} s limit; "
+            if self._left() <= 1:
+                self.notes.append(f"the submission ran past its {self.limits.notebook_timeout_s} s limit; "
                                   "later cells were not run")
                 self._kill()
                 return False
-            self.client.timeout = int(min(self.limits.cell_timeout_s, left))
+            self.client.timeout = int(min(self.limits.cell_timeout_s, self._left()))
             try:
                 self.client.execute_cell(cell, index)
             except (CellTimeoutError, TimeoutError):
@@ -247,54 +383,71 @@ class KernelSession:
         return True
 
     def _restart(self) -> None:
-        """A fresh kernel with only the set-up and solution cells run, or ``dead`` when that fails too."""
+        """A fresh kernel with only the set-up and solution cells run (within what is left of the submission's
+        time), or ``dead`` when that fails too."""
         self._kill()
         self.restarts += 1
-        if self.restarts > self.MAX_RESTARTS:
+        if self.restarts > self.MAX_RESTARTS or self._left() <= 1:
             self.dead = True
             return
         nb = nbformat.v4.new_notebook(cells=[new_code_cell(src) for src in self.minimal])
         try:
-            self._launch(nb)
+            self.launch(nb)
             self.dead = not self._execute(nb, keep_notes=False)
         except Exception:
             self.dead = True
 
     def run_notebook(self, nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]]:
-        """Execute every cell (errors do not stop it), within the per-cell and whole-notebook limits."""
-        self._launch(nb)
+        """Execute every cell of ``nb`` in the kernel :meth:`launch` started for it (errors do not stop it),
+        within the per-cell and whole-submission limits."""
         if not self._execute(nb, keep_notes=True):
-            self.deadline = time.monotonic() + self.limits.notebook_timeout_s
             self._restart()
         return nb, self.notes
 
-    def call(self, name: str, args: tuple, kwargs: dict, refs: dict[int, str]) -> tuple[dict, dict]:
-        """Call the learner's function ``name`` in the kernel; returns the answer message and its tensors."""
+    def _request(self, message: dict, tensors: dict[str, torch.Tensor]) -> Path:
+        """Write a call request where only the grader writes (a new file, never through a link)."""
+        self.calls += 1
+        path = self.private / "calls" / f"c{self.calls}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(wire.pack(message, tensors))
+        return path
+
+    def call(self, name: str, args: tuple, kwargs: dict, refs: dict[int, str], references: list[str]) -> tuple[dict, dict]:
+        """Call the learner's function ``name`` in the kernel, with tripwires on ``references``; returns the
+        answer message and its tensors."""
         if self.dead:
             raise LearnerCallError(name, "no kernel: it died or ran past its limits")
-        self.calls += 1
-        request = self.workdir / ".calls" / f"c{self.calls}"
-        request.parent.mkdir(exist_ok=True)
+        if self._left() <= 1:
+            raise LearnerCallError(name, f"the submission used up its {self.limits.notebook_timeout_s} s")
         tensors: dict[str, torch.Tensor] = {"rng": torch.get_rng_state()}
         message = {"name": name, "args": wire.encode(tuple(args), tensors, refs),
-                   "kwargs": wire.encode(dict(kwargs), tensors, refs)}
-        wire.write(request, message, tensors)
+                   "kwargs": wire.encode(dict(kwargs), tensors, refs), "references": list(references)}
+        request = self._request(message, tensors)
         cell = new_code_cell(f"import course_lib.wire as __w; __w.serve({str(request)!r}, globals()); del __w")
-        self.client.timeout = self.limits.call_timeout_s
+        timeout = int(min(self.limits.call_timeout_s, self._left()))
+        self.client.nb = nbformat.v4.new_notebook(cells=[cell])  # a call never touches the executed notebook
+        self.client.timeout, self.client.calling, self.client.answer = timeout, True, None
         try:
             self.client.execute_cell(cell, 0)
         except (CellTimeoutError, TimeoutError) as err:
             self._restart()
-            raise LearnerCallError(name, f"no answer within {self.limits.call_timeout_s} s") from err
+            raise LearnerCallError(name, f"no answer within {timeout} s") from err
         except DeadKernelError as err:
             self._restart()
             raise LearnerCallError(name, "the kernel crashed or exited") from err
+        except Exception as err:  # a message the client could not read (malformed, oversized)
+            self._restart()
+            raise LearnerCallError(name, "no readable answer") from err
+        finally:
+            self.client.calling = False
         try:
-            answer, out = wire.read(Path(str(request) + ".answer"))
-        except (wire.WireError, ValueError, OSError) as err:
+            answer, out = wire.decode_answer(self.client.answer)
+        except wire.WireError as err:
             raise LearnerCallError(name, "no readable answer") from err
         if answer.get("ok") is not True:
-            raise LearnerCallError(name, f"{str(answer.get('error', 'an error'))[:100]}")
+            error = answer.get("error")
+            raise LearnerCallError(name, error if isinstance(error, str) and error.isidentifier() else "an error")
         return answer, out
 
     def close(self) -> None:
@@ -305,10 +458,12 @@ class KernelSession:
 
 
 class LearnerCallError(Exception):
-    """A call of the learner's function did not return a value."""
+    """A call of the learner's function did not return a usable value. ``what`` is the grader's own words;
+    ``detail`` came from the kernel (an exception's type name) and is shown for visible tests only."""
 
-    def __init__(self, name: str, what: str):
-        super().__init__(f"`{name}` did not return a result ({what})")
+    def __init__(self, name: str, what: str, detail: str = ""):
+        self.public = f"`{name}` did not return a result ({what})"
+        super().__init__(self.public[:-1] + (f": {detail})" if detail else ")"))
 
 
 class _Linked(torch.autograd.Function):
@@ -325,25 +480,28 @@ class _Linked(torch.autograd.Function):
 
 
 class LearnerFunction:
-    """Stands in the grader's namespace for a function the learner wrote: each call runs in the kernel."""
+    """Stands in the grader's namespace for a function the learner wrote: each call runs in the kernel, under
+    tripwires on the exercise's ``references``; which of them ran is collected in ``used``. The grader's own
+    state never takes anything from the kernel: a call that changes its tensor arguments in place fails (the
+    grader's tensors stay as they were), and the grader's random generator moves on by itself."""
 
-    def __init__(self, name: str, session: KernelSession, refs: dict[str, object]):
+    def __init__(self, name: str, session: KernelSession, refs: dict[str, object], references: list[str]):
         self.name, self.session = name, session
         self.refs = {id(v): k for k, v in refs.items() if v is not None}
         self.named = refs
+        self.references = list(references)
+        self.used: set[str] = set()
 
     def __call__(self, *args, **kwargs):
-        answer, tensors = self.session.call(self.name, args, kwargs, self.refs)
+        answer, tensors = self.session.call(self.name, args, kwargs, self.refs, self.references)
+        torch.rand(1)  # each call sees a new state of the grader's generator, as two draws in a row would
+        self.used |= {str(r) for r in answer.get("references") or [] if r in self.references or r == TAMPERING}
+        positions = {str(i): f"#{i + 1} (positional)" for i in range(len(args))} | {k: f"'{k}'" for k in kwargs}
+        changed = [positions[k] for k in answer.get("mutated") or [] if isinstance(k, str) and k in positions]
+        if changed:
+            raise LearnerCallError(self.name, f"it changed its argument {changed[0]} in place; return new values "
+                                   "and leave the inputs unchanged")
         value = wire.decode(answer.get("value"), tensors, self.named)
-        for position, encoded in dict(answer.get("mutated") or {}).items():
-            index = int(position)
-            if index < len(args) and type(args[index]) in (torch.Tensor, torch.nn.Parameter):
-                new = wire.decode(encoded, tensors)
-                if type(new) is torch.Tensor and new.shape == args[index].shape:
-                    with torch.no_grad():
-                        args[index].copy_(new)
-        if "rng" in tensors and tensors["rng"].dtype == torch.uint8 and tensors["rng"].shape == torch.get_rng_state().shape:
-            torch.set_rng_state(tensors["rng"])
         return self._link(value, args, dict(answer.get("grads") or {}), tensors)
 
     def _link(self, value, args, grads, tensors):
@@ -369,13 +527,16 @@ def defined_functions(source: str) -> list[str]:
 
 def reference_uses(source: str, forbidden: list[str]) -> list[str]:
     """Which of ``forbidden`` (dotted names such as 'align.dpo_loss', or module names such as 'trl') the code
-    refers to: through imports (aliases resolved), attribute chains, or string constants."""
+    names through imports (aliases resolved) or attribute chains. A first line only: strings never count (a
+    learner may print a function's name), and what this misses (computed names, ``exec``) the tripwires of
+    :mod:`course_lib.tripwire` see when the function runs. Code that cannot be parsed names nothing."""
     try:
         tree = ast.parse(source)
-    except SyntaxError:
+        nodes = list(ast.walk(tree))
+    except Exception:  # SyntaxError, ValueError (null bytes), RecursionError / MemoryError (deep nesting)
         return []
-    aliases, names, strings = {}, set(), set()
-    for node in ast.walk(tree):
+    aliases, names = {}, set()
+    for node in nodes:
         if isinstance(node, ast.Import):
             for a in node.names:
                 aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
@@ -384,9 +545,7 @@ def reference_uses(source: str, forbidden: list[str]) -> list[str]:
             for a in node.names:
                 aliases[a.asname or a.name] = f"{node.module}.{a.name}"
                 names.add(f"{node.module}.{a.name}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            strings.add(node.value)
-    for node in ast.walk(tree):
+    for node in nodes:
         chain = []
         while isinstance(node, ast.Attribute):
             chain.append(node.attr)
@@ -396,14 +555,21 @@ def reference_uses(source: str, forbidden: list[str]) -> list[str]:
             names.add(".".join(reversed(chain)))
     hits = []
     for item in forbidden:
-        last = item.split(".")[-1]
         if "." in item:
-            hit = any(n == item or n.endswith("." + item) for n in names) or item in strings or last in strings
+            hit = any(n == item or n.endswith("." + item) for n in names)
         else:
-            hit = any(n == item or n.startswith(item + ".") for n in names) or item in strings
+            hit = any(n == item or n.startswith(item + ".") for n in names)
         if hit:
             hits.append(item)
     return hits
+
+
+def _reference_message(uses: list[str] | set[str]) -> str:
+    if TAMPERING in uses:
+        return ("This answer switched off the grader's checks while it ran (sys.setprofile / settrace). "
+                "It earns no points.")
+    return (f"This answer uses {', '.join(sorted(uses))}: the reference implementation you were asked to write "
+            "yourself. It earns no points.")
 
 
 _NAMESPACE_CACHE: dict[str, object] = {}
@@ -424,8 +590,8 @@ def _named_objects(test_source: str) -> dict[str, object]:
 def _failure(err: BaseException, hidden: bool, label: str) -> str:
     """What the learner is told about a failed test: the author's message for hidden checks, never code,
     inputs or a traceback line of a hidden test."""
-    if isinstance(err, LearnerCallError):
-        return str(err) + (" on a hidden test input" if hidden else "")
+    if isinstance(err, LearnerCallError):  # on hidden inputs, nothing the kernel sent is repeated
+        return err.public + " on a hidden test input" if hidden else str(err)
     if isinstance(err, GradingError):
         if hidden:
             return err.summary or "Your result differs from the expected values on a hidden test input."
@@ -438,7 +604,7 @@ def _failure(err: BaseException, hidden: bool, label: str) -> str:
 
 
 def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, learner: nbformat.NotebookNode,
-           release: nbformat.NotebookNode, session: KernelSession | None) -> list[Exercise]:
+           release: nbformat.NotebookNode, session: KernelSession) -> list[Exercise]:
     """Run each exercise's tests (visible, then hidden) in this process against the learner's functions."""
     cells = {_grade_id(c): c for c in solution.cells if _grade_id(c)}
     imports = next(c.source for c in solution.cells if c.cell_type == "code" and "from course_lib import" in c.source)
@@ -450,9 +616,8 @@ def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, lea
     added = "\n".join(c.source for c in learner.cells if c.get("cell_type") == "code" and not _grade_id(c)
                       and isinstance(c.get("source"), str) and c.source not in release_sources)
     base: dict[str, object] = {"__name__": "__grader__"}  # the solution's set-up, run once; each exercise a copy
-    if session is not None:
-        with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(imports, "<imports>", "exec"), base)
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(imports, "<imports>", "exec"), base)
     verdicts = []
     for gid, cell in cells.items():
         meta = cell.metadata["nbgrader"]
@@ -462,18 +627,16 @@ def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, lea
         points = float(meta.get("points", 0))
         output = _visible_output(executed_by_id.get(gid))
         answer = executed_by_id.get(exercise).source if exercise in executed_by_id else ""
-        uses = reference_uses(answer + "\n" + added, forbidden.get(exercise, []))
+        references = forbidden.get(exercise, [])
+        uses = reference_uses(answer + "\n" + added, references)
         if uses:
-            verdicts.append(Exercise(gid, 0.0, points, False, f"This answer uses {', '.join(uses)}: the reference "
-                                     "implementation you were asked to write yourself. It earns no points.", output))
-            continue
-        if session is None:
-            verdicts.append(Exercise(gid, 0.0, points, False, "The notebook could not be run.", output))
+            verdicts.append(Exercise(gid, 0.0, points, False, _reference_message(uses), output))
             continue
         visible = HIDDEN.sub("", cell.source)
         hidden = "\n".join(m.group(1) for m in HIDDEN.finditer(cell.source))
         named = _named_objects(cell.source)
-        ns = {**base, **named, **{name: LearnerFunction(name, session, named) for name in functions}}
+        learners = {name: LearnerFunction(name, session, named, references) for name in functions}
+        ns = {**base, **named, **learners}
         torch.manual_seed(0)
         passed, message = True, ""
         for part, label, is_hidden in ((visible, f"<visible tests of {gid}>", False),
@@ -484,6 +647,9 @@ def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, lea
             except Exception as err:
                 passed, message = False, _failure(err, is_hidden, label)
                 break
+        used = set().union(*(f.used for f in learners.values()))
+        if used:  # the tripwires saw a reference run while the tests called the learner's code
+            passed, message = False, _reference_message(used)
         verdicts.append(Exercise(gid, points if passed else 0.0, points, passed, message, output))
     return verdicts
 
@@ -500,41 +666,65 @@ def _visible_output(cell) -> str:
             parts.append("\n".join(str(t) for t in out.get("traceback", [])) or f"{out.get('ename')}: {out.get('evalue')}")
         elif "text/plain" in out.get("data", {}):
             parts.append(str(out["data"]["text/plain"]))
-    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", "\n".join(parts))[:20_000]
+    return safe_text("\n".join(parts))
+
+
+def blank_verdicts(solution: nbformat.NotebookNode, message: str) -> list[Exercise]:
+    """Zero points for every exercise of a notebook, each with ``message``."""
+    return [Exercise(_grade_id(c), 0.0, float(c.metadata["nbgrader"].get("points", 0)), False, message)
+            for c in solution.cells if _grade_id(c) and c.metadata["nbgrader"].get("grade")]
 
 
 def grade_one(student: str, notebook: str, path: Path, release: Path, solution: Path, work: Path,
-              limits: Limits, sandboxed: bool, hide: list[Path], executed_to: Path | None = None) -> Result:
-    """Everything for one submission; never raises for a bad submission (the Result says what happened).
-    ``executed_to``: where to keep the executed notebook (for the instructor; it has no hidden tests)."""
+              limits: Limits, sandboxed: bool, executed_to: Path | None = None) -> Result:
+    """Everything for one submission; never raises (the Result says what happened, a submission that broke the
+    grader included). ``work``: a grader-owned folder for the kernel's private files. ``executed_to``: where
+    to keep the executed notebook (for the instructor; no hidden tests, outputs sanitized)."""
     start = time.monotonic()
     result = Result(student, notebook)
-    release_nb, solution_nb = nbformat.read(release, as_version=4), nbformat.read(solution, as_version=4)
+    solution_nb = nbformat.read(solution, as_version=4)
+    try:
+        _grade_into(result, path, nbformat.read(release, as_version=4), solution_nb, work, limits, sandboxed,
+                    executed_to)
+    except Exception as err:  # whatever a submission does, it is this submission's problem, not the class's
+        result.problem = f"the grader could not grade this notebook ({type(err).__name__}); tell your instructor"
+        result.exercises = blank_verdicts(solution_nb, "Not graded: " + result.problem)
+    result.seconds = time.monotonic() - start
+    return result.made_safe()
+
+
+def _grade_into(result: Result, path: Path, release_nb, solution_nb, work: Path, limits: Limits, sandboxed: bool,
+                executed_to: Path | None) -> None:
     try:
         learner = read_submission(path)
     except SubmissionError as err:
         result.problem = str(err)
-        result.exercises = decide(solution_nb, release_nb, release_nb, release_nb, None)
-        for e in result.exercises:
-            e.message = "Not graded: " + str(err)
-        result.seconds = time.monotonic() - start
-        return result
+        result.exercises = blank_verdicts(solution_nb, "Not graded: " + str(err))
+        return
     nb, result.notes = rebuild(learner, release_nb)
-    workdir = work / uuid.uuid4().hex[:10]  # short: the kernel's sockets live in it (unix paths < 108 bytes)
-    workdir.mkdir(parents=True)
+    folder = work / uuid.uuid4().hex[:10]  # short: the kernel's sockets live in it (unix paths < 108 bytes)
+    folder.mkdir(mode=0o700, parents=True)
     session = None
     try:
-        sandbox = Sandbox.create(workdir, hide, limits) if sandboxed else None
+        sandbox = Sandbox.create(limits) if sandboxed else None
         first = next((i for i, c in enumerate(nb.cells) if _grade_id(c)), len(nb.cells))
         minimal = [c.source for i, c in enumerate(nb.cells) if c.cell_type == "code" and
                    (i < first or c.get("metadata", {}).get("nbgrader", {}).get("solution"))]
-        session = KernelSession(workdir, limits, sandbox, minimal)
+        session = KernelSession(folder, limits, sandbox, minimal)
+        try:
+            session.launch(nb)
+        except Exception as err:  # no learner code has run yet: the machine, not the submission
+            result.infrastructure = f"the kernel could not be started ({type(err).__name__}: {str(err)[:200]})"
+            result.problem = "the grader could not start a kernel for this notebook; tell your instructor"
+            result.exercises = blank_verdicts(solution_nb, "Not graded: " + result.problem)
+            return
         try:
             executed, notes = session.run_notebook(nb)
         except Exception as err:
             executed, notes = nb, [f"the notebook could not be run ({type(err).__name__})"]
             session.dead = True
         result.notes += notes
+        executed = sanitize_outputs(executed)
         if executed_to is not None:
             executed_to.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(executed, executed_to)
@@ -544,6 +734,4 @@ def grade_one(student: str, notebook: str, path: Path, release: Path, solution: 
     finally:
         if session is not None:
             session.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-    result.seconds = time.monotonic() - start
-    return result
+        shutil.rmtree(folder, ignore_errors=True)
