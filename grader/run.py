@@ -447,7 +447,8 @@ class KernelSession:
             raise LearnerCallError(name, "no readable answer") from err
         if answer.get("ok") is not True:
             error = answer.get("error")
-            raise LearnerCallError(name, error if isinstance(error, str) and error.isidentifier() else "an error")
+            raise LearnerCallError(name, "it raised an exception",
+                                   error if isinstance(error, str) and error.isidentifier() else "")
         return answer, out
 
     def close(self) -> None:
@@ -530,9 +531,10 @@ def reference_uses(source: str, forbidden: list[str]) -> list[str]:
     names through imports (aliases resolved) or attribute chains. A first line only: strings never count (a
     learner may print a function's name), and what this misses (computed names, ``exec``) the tripwires of
     :mod:`course_lib.tripwire` see when the function runs. Code that cannot be parsed names nothing."""
-    try:
-        tree = ast.parse(source)
-        nodes = list(ast.walk(tree))
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:  # magics (%, !) become the Python calls IPython would run
+        nodes = list(ast.walk(ast.parse(TransformerManager().transform_cell(source))))
     except Exception:  # SyntaxError, ValueError (null bytes), RecursionError / MemoryError (deep nesting)
         return []
     aliases, names = {}, set()
