@@ -20,7 +20,8 @@ import threading
 import types
 
 TAMPERING = "sys.setprofile"  # what a hit is called when the learner's code removes or replaces the hook
-_HOOK_SETTERS = (sys.setprofile, sys.settrace, threading.setprofile, threading.settrace)
+_HOOK_SETTERS = (sys.setprofile, sys.settrace)                            # built-ins: seen as c_call
+_HOOK_SETTER_CODE = (threading.setprofile.__code__, threading.settrace.__code__)  # Python functions: seen as call
 
 
 def _resolve(name: str) -> object:
@@ -99,6 +100,8 @@ class Tripwire:
             return
         if event == "call":
             code = frame.f_code
+            if code in _HOOK_SETTER_CODE:
+                self.hits.add(TAMPERING)
             hit = self._seen.get(code, False)
             if hit is False:
                 hit = self._seen[code] = self._match(code)
@@ -119,7 +122,7 @@ class Tripwire:
 
     def __exit__(self, *exc) -> None:
         self._active = False
-        if sys.getprofile() != self._profile:
+        if sys.getprofile() != self._profile or getattr(threading, "_profile_hook", self._profile) != self._profile:
             self.hits.add(TAMPERING)
         sys.setprofile(None)
         threading.setprofile(None)

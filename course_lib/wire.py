@@ -113,10 +113,11 @@ def decode(obj: object, tensors: dict[str, torch.Tensor], refs: dict[str, object
         return None
     if tag == "bool" and type(obj.get("v")) is bool:
         return obj["v"]
-    if tag == "int" and type(obj.get("v")) is str and len(obj["v"]) < 5000:
-        return int(obj["v"])
-    if tag == "float" and type(obj.get("v")) is str:
-        return float(obj["v"])
+    if tag in ("int", "float") and type(obj.get("v")) is str and len(obj["v"]) < 5000:
+        try:
+            return int(obj["v"]) if tag == "int" else float(obj["v"])
+        except ValueError as err:
+            raise WireError(f"malformed {tag}") from err
     if tag == "str" and type(obj.get("v")) is str:
         return obj["v"]
     if tag == "tensor" and type(obj.get("k")) is str and obj["k"] in tensors:
@@ -137,10 +138,13 @@ def decode(obj: object, tensors: dict[str, torch.Tensor], refs: dict[str, object
         cls = obj.get("cls")
         if cls == "Identity":
             return nn.Identity()
-        if cls == "Dropout":
-            return nn.Dropout(float(obj["p"]))
-        if cls == "Scale":
-            return Scale(float(obj["factor"]))
+        try:
+            if cls == "Dropout":
+                return nn.Dropout(float(obj["p"]))
+            if cls == "Scale":
+                return Scale(float(obj["factor"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise WireError(f"malformed module {cls!r}") from err
     if tag == "unsupported":
         return Unsupported(str(obj.get("type"))[:200])
     raise WireError(f"malformed value (tag {tag!r})")

@@ -253,13 +253,16 @@ class _GuardedKernelManager(AsyncKernelManager):
 
 class _GuardedClient(NotebookClient):
     """nbclient that keeps at most ``budget`` bytes of outputs per notebook, counting every message that can
-    change what is stored (display updates and clears included). While ``calling``, the kernel's messages
+    change what is stored (display updates and clears included); widget messages (comms) are dropped, so
+    widget outputs land in their cell. While ``calling``, the kernel's messages
     change nothing: only an answer (display data of type ANSWER_MIME) is taken, into ``answer``."""
     budget = 2_000_000
     used = 0
     truncated = False
     calling = False
     answer: object = None
+    KEPT = frozenset({"execute_input", "stream", "display_data", "update_display_data", "execute_result", "error",
+                      "clear_output"})
 
     def process_message(self, msg, cell, cell_index):
         msg_type = msg.get("msg_type")
@@ -271,7 +274,9 @@ class _GuardedClient(NotebookClient):
             if msg_type == "display_data" and isinstance(data, dict) and wire.ANSWER_MIME in data:
                 self.answer = data[wire.ANSWER_MIME]
             return None
-        if msg_type not in ("execute_input",):
+        if msg_type not in self.KEPT:  # widget comms and anything new: the grader has no use for them
+            return None
+        if msg_type != "execute_input":
             self.used += len(json.dumps(content, default=str))
             if self.used > self.budget:
                 if not self.truncated:
@@ -502,12 +507,19 @@ class LearnerFunction:
         if changed:
             raise LearnerCallError(self.name, f"it changed its argument {changed[0]} in place; return new values "
                                    "and leave the inputs unchanged")
-        value = wire.decode(answer.get("value"), tensors, self.named)
-        return self._link(value, args, dict(answer.get("grads") or {}), tensors)
+        try:
+            value = wire.decode(answer.get("value"), tensors, self.named)
+            return self._link(value, args, answer.get("grads") or {}, tensors)
+        except (wire.WireError, TypeError, ValueError, AttributeError, KeyError) as err:  # kernel-made structure
+            raise LearnerCallError(self.name, "no readable answer") from err
 
     def _link(self, value, args, grads, tensors):
         items = list(value) if type(value) is tuple else [value]
+        if type(grads) is not dict:
+            raise wire.WireError("malformed gradients")
         for position, by_input in grads.items():
+            if not (type(position) is str and position.isdecimal() and len(position) < 6 and type(by_input) is dict):
+                raise wire.WireError("malformed gradients")
             index = int(position)
             if not (index < len(items) and type(items[index]) is torch.Tensor and items[index].dim() == 0):
                 continue

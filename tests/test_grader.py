@@ -15,10 +15,18 @@ def test_find_submissions_reports_what_it_skips(tmp_path):
     (tmp_path / "ann" / "03_lora_basics.ipynb").write_text("{}")
     (tmp_path / "ann" / "homework.ipynb").write_text("{}")
     (tmp_path / "stray.ipynb").write_text("{}")
-    found, problems = find_submissions(tmp_path)
+    (tmp_path / "bob").symlink_to(tmp_path / "ann")
+    (tmp_path / "carl").mkdir()
+    (tmp_path / "carl" / "04_quantization.ipynb").symlink_to(tmp_path / "ann" / "03_lora_basics.ipynb")
+    (tmp_path / "=cmd|x").mkdir()
+    (tmp_path / "=cmd|x" / "03_lora_basics.ipynb").write_text("{}")
+    found, problems, rejected = find_submissions(tmp_path)
     assert [(s.student, s.assignment) for s in found] == [("ann", "03_lora_basics")]
-    assert any("homework.ipynb: not a course notebook" in p for p in problems)
-    assert any("stray.ipynb: not a student folder" in p for p in problems)
+    assert any("ann/'homework.ipynb': not a course notebook" in p for p in problems)
+    assert any("carl/'04_quantization.ipynb': a link" in p for p in problems)
+    assert any("'stray.ipynb': not a student folder" in p for p in rejected)
+    assert any(p.startswith("'bob': a link") for p in rejected)
+    assert any("not a valid student id" in p for p in rejected) and len(rejected) == 3
     with pytest.raises(GraderError, match="not a folder"):
         find_submissions(tmp_path / "missing")
 

@@ -135,6 +135,8 @@ def _cases(paths: dict) -> dict:
         "display_flood": (_answers(scale=GOOD_SCALE + "\nfrom IPython.display import display\n"
                                    "h = display('x', display_id='flood')\nfor _ in range(300):\n"
                                    "    h.update('y' * 100_000)"), 3, ""),
+        "widget_output": (_answers(scale=GOOD_SCALE + "\nimport ipywidgets\nbox = ipywidgets.Output()\n"
+                                   "display(box)\nwith box:\n    print('inside a widget')"), 3, ""),
         "slow_everything": (_answers(scale="import time\nfor _ in range(9):\n    time.sleep(8)\n"
                                      "def lora_scale(alpha, r):\n    time.sleep(7)\n    return alpha / r"), None, ""),
         "disk_fill": (_answers(scale=disk), 3, ""),
@@ -147,7 +149,9 @@ def _cases(paths: dict) -> dict:
         "ref_other_cell": (_answers(total=f"import sys\nF = {computed}\n" + GOOD_SUM,
                                     scale="def lora_scale(alpha, r):\n    return F(alpha, r)"), 2,
                            "reference implementation"),
-        "ref_code_copy": (_answers(scale=f"import sys, types\nlora_scale = types.FunctionType({computed}.__code__, {{}})"),
+        "ref_code_copy": (_answers(scale=f"import sys, types\n_f = {computed}\n"
+                                     "lora_scale = types.FunctionType(_f.__code__, dict(_f.__globals__), 'lora_scale', "
+                                     "_f.__defaults__)"),
                           2, "reference implementation"),
         "ref_magic": (_answers(scale="%time from course_lib.lora import lora_scaling as _f\n"
                                "def lora_scale(alpha, r):\n    return _f(alpha, r)"), 2, "reference implementation"),

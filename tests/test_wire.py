@@ -52,13 +52,85 @@ def test_malformed_messages_are_refused(bad):
         wire.decode(bad, {})
 
 
-def test_files_round_trip_and_oversized_answers_are_refused(tmp_path):
+def test_packed_messages_round_trip_and_anything_else_is_refused():
     tensors = {}
     message = {"value": wire.encode([torch.ones(3)], tensors)}
-    wire.write(tmp_path / "m", message, tensors)
-    read, read_tensors = wire.read(tmp_path / "m")
+    data = wire.pack(message, tensors)
+    read, read_tensors = wire.unpack(data)
     assert torch.equal(wire.decode(read["value"], read_tensors)[0], torch.ones(3))
     with pytest.raises(wire.WireError, match="larger"):
-        wire.read(tmp_path / "m", max_bytes=10)
-    with pytest.raises(wire.WireError, match="no answer"):
-        wire.read(tmp_path / "missing")
+        wire.unpack(data, max_bytes=10)
+    for bad in (data[:-5], b"XX" + data, data[:len(data) // 2], b"", "text", None):
+        with pytest.raises(wire.WireError):
+            wire.unpack(bad)
+    text = wire.encode_answer(message, tensors)
+    read, read_tensors = wire.decode_answer(text)
+    assert torch.equal(wire.decode(read["value"], read_tensors)[0], torch.ones(3))
+    for bad in (None, 3, "not base64!", text[:-3], "A" * (wire.MAX_MESSAGE_BYTES // 2)):
+        with pytest.raises(wire.WireError):
+            wire.decode_answer(bad, max_bytes=wire.MAX_MESSAGE_BYTES // 4)
+
+
+def test_decoding_is_capped_however_the_message_repeats_itself():
+    # One 1 MB tensor referenced 300 times is 300 MB once decoded; 200k tiny values are too many items.
+    tensors = {"t0": torch.zeros(2**18)}
+    many_copies = {"t": "list", "v": [{"t": "tensor", "k": "t0"}] * 300}
+    with pytest.raises(wire.WireError, match="too large"):
+        wire.decode(many_copies, tensors)
+    assert len(wire.decode({"t": "list", "v": [{"t": "tensor", "k": "t0"}] * 200}, tensors)) == 200
+    with pytest.raises(wire.WireError, match="too large"):
+        wire.decode({"t": "list", "v": [{"t": "none"}] * (wire.MAX_ITEMS + 1)}, {})
+    deep = {"t": "none"}
+    for _ in range(wire.MAX_DEPTH + 2):
+        deep = {"t": "list", "v": [deep]}
+    with pytest.raises(wire.WireError):
+        wire.decode(deep, {})
+
+
+@pytest.mark.parametrize("bad", [{"t": "float", "v": "abc"}, {"t": "int", "v": "1.5"},
+                                 {"t": "module", "cls": "Dropout", "p": 7.0}, {"t": "module", "cls": "Scale"}])
+def test_malformed_scalars_and_modules_raise_wire_errors_not_others(bad):
+    with pytest.raises(wire.WireError):
+        wire.decode(bad, {})
+
+
+def _serve(tmp_path, monkeypatch, namespace, name, args, references=()):
+    published = []
+    monkeypatch.setattr("IPython.display.publish_display_data", published.append)
+    tensors = {}
+    request = {"name": name, "args": wire.encode(list(args), tensors), "kwargs": wire.encode({}, tensors),
+               "references": list(references)}
+    (tmp_path / "request").write_bytes(wire.pack(request, tensors))
+    wire.serve(str(tmp_path / "request"), namespace)
+    (text,) = [p[wire.ANSWER_MIME] for p in published]
+    return wire.decode_answer(text)
+
+
+def test_serve_answers_with_data_and_reports_mutation_references_and_errors(tmp_path, monkeypatch):
+    from course_lib.lora import lora_scaling
+
+    def honest(x):
+        return x * 2
+
+    def mutating(x):
+        x.add_(1)
+        return x
+
+    def cheating(alpha, r):
+        return lora_scaling(alpha, r)
+
+    def failing(x):
+        raise KeyError("secret text that must not travel")
+
+    namespace = {"honest": honest, "mutating": mutating, "cheating": cheating, "failing": failing}
+    answer, tensors = _serve(tmp_path, monkeypatch, namespace, "honest", [torch.ones(2)], ["lora.lora_scaling"])
+    assert answer["ok"] and answer["mutated"] == [] and answer["references"] == []
+    assert torch.equal(wire.decode(answer["value"], tensors), torch.full((2,), 2.0))
+    answer, _ = _serve(tmp_path, monkeypatch, namespace, "mutating", [torch.ones(2)])
+    assert answer["mutated"] == ["0"]
+    answer, _ = _serve(tmp_path, monkeypatch, namespace, "cheating", [16, 8], ["lora.lora_scaling"])
+    assert answer["references"] == ["lora.lora_scaling"]
+    answer, _ = _serve(tmp_path, monkeypatch, namespace, "failing", [1])
+    assert answer == {"ok": False, "error": "KeyError"}
+    answer, _ = _serve(tmp_path, monkeypatch, namespace, "missing", [1])
+    assert answer == {"ok": False, "error": "NameError"}
