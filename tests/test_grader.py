@@ -2,6 +2,8 @@
 nbgrader's export, through the same function as `python -m grader grade`."""
 import csv
 import json
+import os
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -178,3 +180,74 @@ def test_rebuild_restores_locked_cells_and_keeps_the_learners_own_cells_in_place
     assert by_id["scaled_sum_tests"] in sources and "pass  # my own test" not in sources
     assert any("'lora_scale_tests' is locked" in n for n in notes)
     assert any("'scaled_sum_tests' was missing" in n for n in notes)
+
+
+def _fixture_batch(tmp_path, answers: dict) -> tuple:
+    import shutil
+
+    from grader.course import open_course, release
+
+    solutions = tmp_path / "solutions"
+    shutil.copytree(ROOT / "tests" / "data" / "fixture_course", solutions)
+    released = read(release(open_course(tmp_path / "release"), ["00_fixture"], solutions)["00_fixture"])
+    (tmp_path / "subs" / "ann").mkdir(parents=True, exist_ok=True)
+    nbformat.write(with_answers(released, answers), tmp_path / "subs" / "ann" / "00_fixture.ipynb")
+    return solutions, tmp_path / "subs"
+
+
+def test_a_zip_kept_anywhere_on_the_machine_is_graded(tmp_path):
+    # The kernel sees only its private copy of the notebook, never the place the batch came from.
+    import tempfile
+    import zipfile
+
+    solutions, subs = _fixture_batch(tmp_path, {"lora_scale": "def lora_scale(alpha, r):\n    return alpha / r"})
+    elsewhere = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        with zipfile.ZipFile(elsewhere / "batch.zip", "w") as z:
+            z.write(subs / "ann" / "00_fixture.ipynb", "ann/00_fixture.ipynb")
+        (result,) = grade(elsewhere / "batch.zip", tmp_path / "out", course=tmp_path / "course", solutions=solutions,
+                          progress=False)
+    finally:
+        import shutil
+        shutil.rmtree(elsewhere)
+    assert result.score == 1 and result.problem == ""
+
+
+def test_a_machine_that_cannot_start_kernels_stops_the_run_and_records_nothing(tmp_path, monkeypatch):
+    from grader.run import KernelSession
+
+    solutions, subs = _fixture_batch(tmp_path, {"lora_scale": "def lora_scale(alpha, r):\n    return alpha / r"})
+    out, course = tmp_path / "out", tmp_path / "course"
+    grade(subs, out, course=course, solutions=solutions, progress=False)
+    before = {name: (out / name).read_bytes() for name in ("grades.csv", "nbgrader_grades.csv", "scores.json")}
+
+    def no_kernel(self, nb):
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(KernelSession, "launch", no_kernel)
+    with pytest.raises(GraderError, match="reason of this machine.*no more processes"):
+        grade(subs, out, course=course, solutions=solutions, progress=False)
+    assert before == {name: (out / name).read_bytes() for name in before}
+    rows = list(csv.DictReader((out / "nbgrader_grades.csv").open()))
+    assert [(r["student_id"], float(r["score"])) for r in rows] == [("ann", 1.0)]
+
+
+def test_leftovers_of_a_grader_that_died_are_swept_and_a_live_ones_are_kept(tmp_path):
+    import subprocess
+
+    from grader import sandbox
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{sandbox.RUN_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{sandbox.RUN_PREFIX}{os.getpid()}-abc"
+    for folder in (stale, live):
+        (folder / "k").mkdir(parents=True)
+    group = Path("/sys/fs/cgroup/pids") / f"{sandbox.CGROUP_PREFIX}{dead.pid}-test"
+    try:
+        group.mkdir()  # where the grader may not make cgroups (not root), it leaves none behind either
+    except OSError:
+        group = None
+    removed = sandbox.sweep_stale(tmp_path)
+    assert stale in removed and not stale.exists() and live.exists()
+    assert group is None or (group in removed and not group.exists())
