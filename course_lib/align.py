@@ -333,17 +333,19 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
 # --- generation ----------------------------------------------------------------------------------------------
 
 @torch.inference_mode()
-def generate_replies(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 80,
+def generate_replies(model: nn.Module, tokenizer, prompts: Sequence[str | list[dict]], max_new_tokens: int = 80,
                      do_sample: bool = False, temperature: float = 1.0, seed: int = 0, batch_size: int = 16,
                      progress: bool = True) -> list[str]:
-    """The model's replies to support tickets (greedy unless ``do_sample``), decoded without special tokens."""
+    """The model's replies (greedy unless ``do_sample``), decoded without special tokens, to support tickets
+    (under the house-style system prompt) or to whole chats (lists of messages)."""
     device = next(model.parameters()).device
     old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     replies = []
     try:
         torch.manual_seed(seed)
         for start in tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not progress, leave=False):
-            texts = [tokenizer.apply_chat_template(chat(p), add_generation_prompt=True, tokenize=False)
+            texts = [tokenizer.apply_chat_template(chat(p) if isinstance(p, str) else p, add_generation_prompt=True,
+                                                   tokenize=False)
                      for p in prompts[start:start + batch_size]]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,

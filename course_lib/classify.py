@@ -71,9 +71,9 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 
 
 @torch.inference_mode()
-def label_logits(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[str] = TICKET_LABELS,
-                 batch_size: int = 16, progress: bool = True) -> torch.Tensor:
-    """(len(texts), len(labels)) next-token logits of each label's token right after each prompt.
+def score_prompts(model: nn.Module, tokenizer, prompts: Sequence[list[int]], labels: Sequence[str] = TICKET_LABELS,
+                  batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+    """(len(prompts), len(labels)) next-token logits of each label's token right after each prompt (token ids).
 
     Prompts are left-padded so the last position is the prompt's end for every row; positions are
     counted from each row's first real token, so padding does not shift them.
@@ -81,14 +81,20 @@ def label_logits(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequ
     device = next(model.parameters()).device
     wanted = torch.tensor(label_token_ids(tokenizer, labels), device=device)
     rows = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="scoring", disable=not progress, leave=False):
-        prompts = [prompt_ids(tokenizer, t) for t in texts[start:start + batch_size]]
-        input_ids = _pad(prompts, tokenizer.pad_token_id, left=True).to(device)
-        mask = _pad([[1] * len(p) for p in prompts], 0, left=True).to(device)
+    for start in tqdm(range(0, len(prompts), batch_size), desc="scoring", disable=not progress, leave=False):
+        chunk = [list(p) for p in prompts[start:start + batch_size]]
+        input_ids = _pad(chunk, tokenizer.pad_token_id, left=True).to(device)
+        mask = _pad([[1] * len(p) for p in chunk], 0, left=True).to(device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
         rows.append(out.logits[:, -1, wanted].float().cpu())
-    return torch.cat(rows)
+    return torch.cat(rows) if rows else torch.empty(0, len(labels))
+
+
+def label_logits(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[str] = TICKET_LABELS,
+                 batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+    """(len(texts), len(labels)) label logits of each ticket under the classification prompt."""
+    return score_prompts(model, tokenizer, [prompt_ids(tokenizer, t) for t in texts], labels, batch_size, progress)
 
 
 def predict(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[str] = TICKET_LABELS,
@@ -125,7 +131,16 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
 
 def train_classifier(model: nn.Module, tokenizer, rows: Sequence[dict], steps: int = 60, batch_size: int = 8,
                      lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
-    """Fine-tune the trainable parameters of ``model`` (e.g. LoRA adapters) with AdamW on ticket rows.
+    """Fine-tune the trainable parameters of ``model`` (e.g. LoRA adapters) on ticket rows: :func:`train_sft`
+    on each ticket's prompt and label."""
+    examples = [encode_example(tokenizer, r["text"], r["label"]) for r in rows]
+    return train_sft(model, examples, tokenizer.pad_token_id, steps, batch_size, lr, seed, progress)
+
+
+def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad_id: int, steps: int = 60,
+              batch_size: int = 8, lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
+    """Supervised fine-tuning of the trainable parameters of ``model`` with AdamW on (input_ids, labels)
+    examples (labels -100 where no loss is wanted), in seeded shuffled batches (:func:`batch_indices`).
 
     Returns ``{"loss": [...], "seconds": [...]}``, one entry per optimisation step; shows a progress bar.
     """
@@ -134,13 +149,12 @@ def train_classifier(model: nn.Module, tokenizer, rows: Sequence[dict], steps: i
         raise ValueError("model has no trainable parameters: inject LoRA adapters (or unfreeze) first")
     device = params[0].device
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    examples = [encode_example(tokenizer, r["text"], r["label"]) for r in rows]
     history: dict[str, list[float]] = {"loss": [], "seconds": []}
     model.train()
     bar = tqdm(batch_indices(len(examples), steps, batch_size, seed), desc="training", disable=not progress)
     start = time.perf_counter()
     for idx in bar:
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
         loss = answer_loss(model, batch)
         loss.backward()
         optimizer.step()

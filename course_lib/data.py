@@ -112,3 +112,27 @@ def load_preferences(split: str) -> list[dict]:
         raise ValueError(f"unknown split {split!r}; choose one of {PREFERENCE_SPLITS}")
     path = Path(str(resources.files("course_lib") / "data" / "preferences" / f"{split}.jsonl"))
     return read_jsonl(path, PREFERENCE_FIELDS)
+
+
+def ticket_adapter_path() -> Path:
+    """Folder of topic 3's trained ticket adapter, shipped in PEFT format (``scripts/make_ticket_adapter.py``)."""
+    return Path(str(resources.files("course_lib") / "data" / "adapters" / "tickets-lora-r8"))
+
+
+def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[dict]]:
+    """Topic 1's knowledge task (``scripts/make_policies.py``): the fictional shop's policy documents (``id``,
+    ``title``, ``text``) and one record per fact (``fact``, ``document``, ``value``, ``sentence``,
+    ``train_questions``, ``test_question``, ``answer``, ``edited_value``), from the shipped folder or ``folder``.
+    A fact whose sentence is not in its document raises :class:`DataError`."""
+    folder = Path(folder or str(resources.files("course_lib") / "data" / "policies"))
+    documents = read_jsonl(folder / "documents.jsonl", {"id": str, "title": str, "text": str})
+    questions = read_jsonl(folder / "questions.jsonl", {"fact": str, "document": str, "value": str, "sentence": str,
+                                                         "train_questions": list, "test_question": str, "answer": str})
+    ids = {d["id"] for d in documents}
+    for number, q in enumerate(questions, start=1):
+        if q["document"] not in ids or q["sentence"].format(v=q["value"]) not in next(
+                d["text"] for d in documents if d["id"] == q["document"]):
+            raise DataError(f"{folder / 'questions.jsonl'}:{number}: fact {q['fact']!r} is not stated in "
+                            f"document {q['document']!r}")
+    return documents, questions
+

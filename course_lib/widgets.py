@@ -6,6 +6,7 @@ import math
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
+from .decision import CostModel, break_even_requests, recommend
 from .lora import lora_scaling
 from .quant import fake_quantize
 from .memory import LLAMA2_7B, TransformerShape, finetune_memory_gb, lora_trainable, parameter_count
@@ -93,3 +94,58 @@ def bitwidth_explorer(weight, name: str, measured_ppl: dict[str, float], n_param
     block.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([bits, block]), out])
+
+
+def monthly_costs(requests: float, prompt_tokens: int, rag_tokens: int, finetuned_tokens: int, training: float,
+                  cost: CostModel = CostModel(), months: float = 12) -> dict[str, float]:
+    """Dollars per month of each option at ``requests`` a month: a (few-shot) prompt on the base model, the
+    same prompt plus ``rag_tokens`` of retrieved text, and a short prompt on a fine-tune whose one-off
+    ``training`` cost is spread over ``months``."""
+    return {"prompt engineering": cost.monthly(requests, prompt_tokens),
+            "RAG": cost.monthly(requests, prompt_tokens + rag_tokens),
+            "fine-tuning": cost.monthly(requests, finetuned_tokens, finetuned=True, training=training, months=months)}
+
+
+def decision_explorer(cost: CostModel = CostModel(), finetuned_tokens: int = 60, rag_tokens: int = 300,
+                      tokens_per_example: int = 100, epochs: int = 3, months: float = 12) -> widgets.VBox:
+    """Sliders for the labelled examples, requests per month and prompt length, toggles for fresh knowledge
+    and consistent behaviour: the recommendation with its reason (:func:`course_lib.decision.recommend`) and a
+    live plot of each option's monthly cost against request volume, with the fine-tune's break-even point."""
+    examples = widgets.IntSlider(value=600, min=0, max=5000, step=10, description="examples")
+    requests = widgets.FloatLogSlider(value=1e5, base=10, min=2, max=8, description="requests/mo")
+    prompt = widgets.IntSlider(value=1500, min=50, max=4000, step=50, description="prompt tokens")
+    fresh = widgets.Checkbox(value=False, description="needs fresh or private facts")
+    consistent = widgets.Checkbox(value=True, description="needs a consistent format")
+    verdict, out = widgets.HTML(), widgets.Output()
+
+    def update(_=None) -> None:
+        choice = recommend(examples.value, fresh.value, consistent.value)
+        training = cost.training(examples.value * tokens_per_example, epochs)
+        even = break_even_requests(training / months, cost.per_request(prompt.value),
+                                   cost.per_request(finetuned_tokens, finetuned=True))
+        here = monthly_costs(requests.value, prompt.value, rag_tokens, finetuned_tokens, training, cost, months)
+        verdict.value = (f"<b>{choice.approach}</b>: {choice.reason}<br>training once: ${training:,.2f}; "
+                         f"at {requests.value:,.0f} requests/month: " +
+                         ", ".join(f"{k} ${v:,.2f}" for k, v in here.items()) +
+                         (f"; a fine-tune pays for itself above {even:,.0f} requests/month" if even != math.inf
+                          else "; a fine-tune never pays for itself at these prices (its requests cost more)"))
+        grid = [10 ** (2 + 6 * i / 100) for i in range(101)]
+        curves = [monthly_costs(n, prompt.value, rag_tokens, finetuned_tokens, training, cost, months) for n in grid]
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(6.5, 3.5))
+            for name in here:
+                ax.plot(grid, [c[name] for c in curves], label=name)
+            if even != math.inf:
+                ax.axvline(even, color="grey", linestyle="--", label="break-even")
+            ax.axvline(requests.value, color="black", linewidth=0.8)
+            ax.set(xscale="log", yscale="log", xlabel="requests per month", ylabel="dollars per month",
+                   title="Monthly cost of each option")
+            ax.legend()
+            plt.show()
+
+    for control in (examples, requests, prompt, fresh, consistent):
+        control.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([examples, requests, prompt]), widgets.HBox([fresh, consistent]), verdict, out])
+

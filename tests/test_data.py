@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.data import (PREFERENCE_SPLITS, TICKET_LABELS, TICKET_SPLITS, DataError, load_tickets,
+from course_lib.data import (PREFERENCE_SPLITS, TICKET_LABELS, TICKET_SPLITS, DataError, load_policies, load_tickets,
                              near_duplicate_key, read_jsonl, write_jsonl)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,8 @@ def test_ticket_splits_are_large_balanced_and_leak_free():
 
 
 @pytest.mark.parametrize("script, folder, splits", [("make_tickets.py", "tickets", TICKET_SPLITS),
-                                                     ("make_preferences.py", "preferences", PREFERENCE_SPLITS)])
+                                                     ("make_preferences.py", "preferences", PREFERENCE_SPLITS),
+                                                     ("make_policies.py", "policies", ("documents", "questions"))])
 def test_shipped_files_are_what_the_generator_makes(tmp_path, script, folder, splits):
     subprocess.run([sys.executable, str(ROOT / "scripts" / script), str(tmp_path)], check=True,
                    capture_output=True, cwd=ROOT)
@@ -73,3 +74,16 @@ def test_read_jsonl_rejects_invalid_utf8(tmp_path):
 def test_unknown_split():
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         load_tickets("dev")
+
+
+def test_policies_state_every_fact_in_its_document(tmp_path):
+    documents, questions = load_policies()
+    assert len(documents) == 4 and len(questions) == 12
+    assert sum(q["edited_value"] is not None for q in questions) == 1
+    assert all(q["test_question"] not in q["train_questions"] for q in questions)
+    for name in ("documents", "questions"):
+        (tmp_path / f"{name}.jsonl").write_text((ROOT / "course_lib" / "data" / "policies" / f"{name}.jsonl").read_text())
+    broken = (tmp_path / "questions.jsonl").read_text().replace('"value": "37"', '"value": "38"', 1)
+    (tmp_path / "questions.jsonl").write_text(broken)
+    with pytest.raises(DataError, match=r"questions.jsonl:1: fact 'return_window' is not stated in document 'doc1'"):
+        load_policies(tmp_path)

@@ -173,7 +173,95 @@ def _dpo(swap=False, beta_outside=False, no_ref=False, sigmoid=False, reward_bet
     return {"dpo_loss": dpo_loss}
 
 
+def _choose(first=lambda n: n < 50, second=lambda n: n >= 500, fresh_first=False, finetune_first=False,
+            needs_consistency=True):
+    def choose_approach(n, fresh, consistent):
+        if fresh_first and fresh:
+            return "RAG"
+        if first(n):
+            return "prompt engineering"
+        if finetune_first and second(n) and consistent:
+            return "fine-tuning"
+        if fresh:
+            return "RAG"
+        if second(n) and (consistent or not needs_consistency):
+            return "fine-tuning"
+        return "prompt engineering"
+    return choose_approach
+
+
+def _few_shot(kind):
+    def few_shot_prompt(system, examples, query):
+        if kind == "one user message":
+            shots = "\n".join(f"{t} -> {a}" for t, a in examples)
+            return [{"role": "system", "content": system}, {"role": "user", "content": shots + "\n" + query}]
+        turns = []
+        for t, a in examples:
+            turns += ([{"role": "assistant", "content": t}, {"role": "user", "content": a}] if kind == "roles swapped"
+                      else [{"role": "user", "content": t}, {"role": "bot" if kind == "bot" else "assistant", "content": a}])
+        if kind == "no system":
+            return turns + [{"role": "user", "content": query}]
+        if kind == "query first":
+            return [{"role": "system", "content": system}, {"role": "user", "content": query}] + turns
+        return [{"role": "system", "content": system}] + turns + [{"role": "user", "content": query}]
+    return few_shot_prompt
+
+
+def _top_k(kind):
+    def top_k_cosine(query, corpus, k):
+        if kind == "dot product":
+            return torch.topk(corpus @ query, k).indices
+        if kind == "query normalised only":
+            return torch.topk(corpus @ (query / query.norm()), k).indices
+        if kind == "euclidean distance":
+            return torch.argsort((corpus - query).norm(dim=1))[:k]
+        cos = (corpus / corpus.norm(dim=1, keepdim=True)) @ (query / query.norm())
+        if kind == "least similar first":
+            return torch.topk(cos, k).indices.flip(0)
+        if kind == "k + 1":
+            return torch.topk(cos, min(k + 1, len(cos))).indices
+        if kind == "scores":
+            return torch.topk(cos, k).values
+        raise ValueError(kind)
+    return top_k_cosine
+
+
 WRONG = {
+    ("01_when_to_finetune", "choose_approach"): {
+        "first boundary inclusive (50 -> prompt)": _choose(first=lambda n: n <= 50),
+        "second boundary exclusive (500 -> no fine-tune)": _choose(second=lambda n: n > 500),
+        "fine-tune checked before RAG": _choose(finetune_first=True),
+        "RAG before the example count": _choose(fresh_first=True),
+        "many examples alone mean fine-tune": _choose(needs_consistency=False),
+    },
+    ("01_when_to_finetune", "training_cost"): {
+        "price per token": lambda n, t, e, p: n * t * e * p,
+        "epochs ignored": lambda n, t, e, p: n * t / 1000 * p,
+        "thousands rounded down": lambda n, t, e, p: (n * t * e) // 1000 * p,
+        "per million tokens": lambda n, t, e, p: n * t * e / 1e6 * p,
+    },
+    ("01_when_to_finetune", "break_even"): {
+        "negative instead of never": {"break_even_requests": lambda f, a, b: f / (a - b)},
+        "integer division": {"break_even_requests": lambda f, a, b: math.inf if a <= b else f // (a - b)},
+        "saving reversed": {"break_even_requests": lambda f, a, b: math.inf if a <= b else f / (b - a)},
+        "zero when costs are equal": {"break_even_requests": lambda f, a, b: math.inf if a < b else
+                                      (0.0 if a == b else f / (a - b))},
+    },
+    ("01_when_to_finetune", "few_shot_prompt"): {
+        "examples in one user message": _few_shot("one user message"),
+        "no system message": _few_shot("no system"),
+        "query before the examples": _few_shot("query first"),
+        "roles swapped": _few_shot("roles swapped"),
+        "role named 'bot'": _few_shot("bot"),
+    },
+    ("01_when_to_finetune", "top_k_cosine"): {
+        "dot product (no normalisation)": _top_k("dot product"),
+        "only the query normalised": _top_k("query normalised only"),
+        "euclidean distance": _top_k("euclidean distance"),
+        "least similar first": _top_k("least similar first"),
+        "k + 1 results": _top_k("k + 1"),
+        "scores instead of indices": _top_k("scores"),
+    },
     ("03_lora_basics", "lora_parameter_count"): {
         "full matrix": lambda d_in, d_out, r: d_in * d_out,
         "square layers assumed": lambda d_in, d_out, r: 2 * r * d_in,

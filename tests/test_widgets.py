@@ -1,4 +1,6 @@
-"""course_lib.widgets: the rank explorer recomputes when its sliders move."""
+"""course_lib.widgets: the explorers recompute when their controls move."""
+import pytest
+
 from course_lib.memory import LLAMA2_7B, TransformerShape, lora_trainable
 from course_lib.widgets import lora_rank_explorer, lora_summary
 
@@ -50,3 +52,26 @@ def test_snr():
     w = torch.ones(100)
     assert quantization_snr_db(w, w) == float("inf")
     assert abs(quantization_snr_db(w, w * 1.1) - 20.0) < 1e-4
+
+
+def test_monthly_costs_and_the_decision_explorer_follow_the_controls(monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    from course_lib.decision import CostModel
+    from course_lib.widgets import decision_explorer, monthly_costs
+
+    cost = CostModel()
+    costs = monthly_costs(10_000, 1500, 300, 60, training=24.0, cost=cost, months=12)
+    assert costs["prompt engineering"] == pytest.approx(10_000 * 1500 / 1000 * 0.0015)
+    assert costs["RAG"] == pytest.approx(10_000 * 1800 / 1000 * 0.0015)
+    assert costs["fine-tuning"] == pytest.approx(10_000 * 60 / 1000 * 0.012 + 2.0)
+    box = decision_explorer(cost)
+    (examples, requests, prompt), (fresh, consistent) = box.children[0].children, box.children[1].children
+    verdict = box.children[2]
+    assert verdict.value.startswith("<b>fine-tuning</b>") and "pays for itself above" in verdict.value
+    fresh.value = True
+    assert verdict.value.startswith("<b>RAG</b>")
+    fresh.value, examples.value = False, 20
+    assert verdict.value.startswith("<b>prompt engineering</b>") and "fewer than 50" in verdict.value
+    prompt.value = 200  # a short prompt on the base model is cheaper per request than the fine-tune
+    assert "never pays for itself" in verdict.value
