@@ -6,8 +6,10 @@
   requests under the default CostModel.
 * ``knowledge``: the fictional shop's policies. Base model, RAG (the nearest document in the prompt) and a LoRA
   fine-tuned on the training questions (r=16 on every attention and MLP projection, 60 steps of 8, lr 1e-3,
-  seed 0), each on the paraphrased test questions and on the training questions; then the return window is
-  edited in the documents (37 -> 21 days) and the same questions are asked again.
+  seed 0), each on the paraphrased test questions and on the training questions, read two ways: generated
+  replies that state the value, and a forced choice among every value in the task (the answer sentence the
+  model finds most likely); then the return window is edited in the documents (37 -> 21 days) and the same
+  questions are asked again.
 
     python scripts/measure_approaches.py [tickets|knowledge|all]   -> course_lib/data/measurements/*.json
 """
@@ -47,27 +49,33 @@ def tickets() -> dict:
     return {"test_size": len(test), "k": 5, "torch_threads": torch.get_num_threads(), "approaches": results}
 
 
-def _ask(model, tokenizer, questions, retriever=None) -> dict:
+def _ask(model, tokenizer, questions, candidates, retriever=None) -> dict:
+    """Generated replies and forced choices, on the paraphrased test questions and on the training questions."""
     asked = {}
-    for split, key in (("test", "test_question"), ("train", None)):
-        texts = [q[key] for q in questions] if key else [q["train_questions"][0] for q in questions]
-        replies = knowledge.answer(model, tokenizer, texts, retriever=retriever)
+    for split in ("test", "train"):
+        texts = [q["test_question"] if split == "test" else q["train_questions"][0] for q in questions]
+        chats = knowledge.prompts(texts, retriever)
+        replies = knowledge.answer(model, tokenizer, chats)
+        chosen = knowledge.choose_values(model, tokenizer, chats, questions, candidates)
         asked[split] = {"accuracy": knowledge.fact_accuracy(replies, questions),
-                        "replies": {q["fact"]: r for q, r in zip(questions, replies)}}
+                        "choice_accuracy": knowledge.choice_accuracy(chosen, questions),
+                        "replies": {q["fact"]: r for q, r in zip(questions, replies)},
+                        "chosen": {q["fact"]: c for q, c in zip(questions, chosen)}}
     return asked
 
 
 def knowledge_task() -> dict:
     documents, questions = load_policies()
     edited_docs, edited_questions = knowledge.edit_documents(documents, questions)
+    candidates = knowledge.candidate_values(questions)  # old and new values alike, in both phases
     encoder, enc_tokenizer = load_minilm(device="cpu")
     retrievers = {name: Retriever([d["text"] for d in docs], encoder, enc_tokenizer)
                   for name, docs in (("original", documents), ("edited", edited_docs))}
     model, tokenizer = load_default_model(device="cpu")
     results = {"base": {}, "RAG": {}, "fine-tuned": {}}
     for name, qs in (("original", questions), ("edited", edited_questions)):
-        results["base"][name] = _ask(model, tokenizer, qs)
-        results["RAG"][name] = _ask(model, tokenizer, qs, retrievers[name])
+        results["base"][name] = _ask(model, tokenizer, qs, candidates)
+        results["RAG"][name] = _ask(model, tokenizer, qs, candidates, retrievers[name])
     torch.manual_seed(QA_RECIPE["seed"])
     lora.inject_lora(model, r=QA_RECIPE["r"], alpha=QA_RECIPE["alpha"], target_modules=tuple(QA_RECIPE["target_modules"]))
     start = time.perf_counter()
@@ -76,9 +84,10 @@ def knowledge_task() -> dict:
                                  seed=QA_RECIPE["seed"])
     seconds = time.perf_counter() - start
     for name, qs in (("original", questions), ("edited", edited_questions)):
-        results["fine-tuned"][name] = _ask(model, tokenizer, qs)
+        results["fine-tuned"][name] = _ask(model, tokenizer, qs, candidates)
     edited_fact = next(q["fact"] for q in questions if q.get("edited_value"))
     return {"facts": len(questions), "documents": len(documents), "edited_fact": edited_fact,
+            "candidates": candidates,
             "qa_recipe": QA_RECIPE, "qa_train_seconds": round(seconds, 1), "qa_final_loss": history["loss"][-1],
             "results": results}
 

@@ -42,3 +42,34 @@ def test_training_examples_hold_no_document_and_train_the_answer_only(tiny):
     assert knowledge.fact_accuracy(["37 days", "no"], questions[:2]) == 0.5
     with pytest.raises(ValueError, match="one reply per question"):
         knowledge.fact_accuracy(["37"], questions[:2])
+
+
+def test_prompts_carry_the_retrieved_documents_only_with_a_retriever():
+    class Nearest:  # stands in for a Retriever over two documents
+        texts = ["doc A", "doc B"]
+
+        def search(self, queries, k):
+            import torch
+            return torch.tensor([[1]] * len(queries))
+
+    plain, rag = knowledge.prompts(["q?"]), knowledge.prompts(["q?"], Nearest())
+    assert plain == [knowledge.plain_messages("q?")]
+    assert "doc B" in rag[0][0]["content"] and "doc A" not in rag[0][0]["content"] and rag[0][1]["content"] == "q?"
+
+
+def test_forced_choice_takes_the_most_likely_answer_sentence(tiny):
+    from course_lib.align import sequence_logprobs, sft_example
+    from course_lib.classify import collate
+
+    model, tokenizer = tiny
+    _, questions = load_policies()
+    candidates = knowledge.candidate_values(questions)
+    assert candidates[:3] == ["3", "4", "6"] and "21" in candidates and len(candidates) == len(set(candidates))
+    chats = knowledge.prompts([q["test_question"] for q in questions[:3]])
+    chosen = knowledge.choose_values(model, tokenizer, chats, questions[:3], candidates, batch_size=5, progress=False)
+    for chat, q, pick in zip(chats, questions[:3], chosen):  # one at a time, unbatched: the same winner
+        scores = [sequence_logprobs(model, collate([sft_example(tokenizer, chat + [
+            {"role": "assistant", "content": q["answer"].format(v=c)}])], tokenizer.pad_token_id)).item()
+            for c in candidates]
+        assert pick == candidates[max(range(len(candidates)), key=scores.__getitem__)]
+    assert knowledge.choice_accuracy([questions[0]["value"], "x"], questions[:2]) == 0.5
