@@ -136,3 +136,9 @@ def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[di
                             f"document {q['document']!r}")
     return documents, questions
 
+
+def messy_tickets_path() -> Path:
+    """Topic 2's raw, deliberately messy ticket export (``scripts/make_messy_tickets.py`` lists the damage);
+    ``truth.jsonl`` beside it says, per line, what was done to it."""
+    return Path(str(resources.files("course_lib") / "data" / "messy" / "raw.jsonl"))
+

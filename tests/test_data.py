@@ -30,7 +30,8 @@ def test_ticket_splits_are_large_balanced_and_leak_free():
 
 @pytest.mark.parametrize("script, folder, splits", [("make_tickets.py", "tickets", TICKET_SPLITS),
                                                      ("make_preferences.py", "preferences", PREFERENCE_SPLITS),
-                                                     ("make_policies.py", "policies", ("documents", "questions"))])
+                                                     ("make_policies.py", "policies", ("documents", "questions")),
+                                                     ("make_messy_tickets.py", "messy", ("raw", "truth"))])
 def test_shipped_files_are_what_the_generator_makes(tmp_path, script, folder, splits):
     subprocess.run([sys.executable, str(ROOT / "scripts" / script), str(tmp_path)], check=True,
                    capture_output=True, cwd=ROOT)
