@@ -226,7 +226,130 @@ def _top_k(kind):
     return top_k_cosine
 
 
+def _valid_chat(first_last_only=False, system_anywhere=False, allow_empty=False, extra_keys=False, any_content=False):
+    def is_valid_chat(record):
+        if not isinstance(record, dict) or not isinstance(record.get("messages"), list) or not record["messages"]:
+            return False
+        messages = record["messages"]
+        for m in messages:
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                return False
+            if not extra_keys and set(m) != {"role", "content"}:
+                return False
+            if m["role"] not in ("system", "user", "assistant"):
+                return False
+            if any_content:
+                continue
+            if not isinstance(m["content"], str) or (not allow_empty and not m["content"].strip()):
+                return False
+        roles = [m["role"] for m in messages]
+        if system_anywhere:
+            roles = [r for r in roles if r != "system"]
+        elif roles[0] == "system":
+            roles = roles[1:]
+        if not roles or roles[-1] != "assistant":
+            return False
+        if first_last_only:
+            return roles[0] == "user"
+        return all(r == ("user", "assistant")[i % 2] for i, r in enumerate(roles))
+    return is_valid_chat
+
+
+def _redact(email=r"[\w.]+@\w+\.\w+", card=r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"):
+    import re
+
+    def redact_pii(text):
+        return re.sub(card, "[CARD]", re.sub(email, "[EMAIL]", text))
+    return redact_pii
+
+
+def _shingle_set(text, n, multiset=False, normalise=True):
+    import re
+    words = (re.sub(r"[^\w\s]", " ", text.lower()) if normalise else text).split()
+    grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)] if len(words) > n else \
+        ([" ".join(words)] if words else [])
+    return grams if multiset else set(grams)
+
+
+def _jaccard(multiset=False, normalise=True, empty=1.0):
+    from collections import Counter
+
+    def shingle_jaccard(a, b, n=3):
+        sa, sb = _shingle_set(a, n, multiset, normalise), _shingle_set(b, n, multiset, normalise)
+        if multiset:
+            ca, cb = Counter(sa), Counter(sb)
+            union = sum((ca | cb).values())
+            return empty if not union else sum((ca & cb).values()) / union
+        return empty if not sa | sb else len(sa & sb) / len(sa | sb)
+    return shingle_jaccard
+
+
+def _split(stratified=True, random_pick=True, rounding=round):
+    import random
+
+    def stratified_split_indices(labels, test_fraction, seed):
+        rng = random.Random(seed)
+        groups = {}
+        for i, label in enumerate(labels):
+            groups.setdefault(label if stratified else "all", []).append(i)
+        test = []
+        for key in sorted(groups):
+            items = groups[key][:]
+            if random_pick:
+                rng.shuffle(items)
+            test += items[:rounding(test_fraction * len(items))]
+        return sorted(set(range(len(labels))) - set(test)), sorted(test)
+    return stratified_split_indices
+
+
+def _leaks(exact=False, strict=False, same_position=False):
+    def leaked_items(train_texts, test_texts, threshold=0.7, n=3):
+        def sim(a, b):
+            sa, sb = _shingle_set(a, n), _shingle_set(b, n)
+            return 1.0 if not sa | sb else len(sa & sb) / len(sa | sb)
+        out = []
+        for i, t in enumerate(test_texts):
+            pool = train_texts[i:i + 1] if same_position else train_texts
+            if exact:
+                hit = t in pool
+            else:
+                hit = any((sim(t, s) > threshold) if strict else (sim(t, s) >= threshold) for s in pool)
+            if hit:
+                out.append(i)
+        return out
+    return leaked_items
+
+
 WRONG = {
+    ("02_data_preparation", "is_valid_chat"): {
+        "only the first and last turns checked": _valid_chat(first_last_only=True),
+        "system message allowed anywhere": _valid_chat(system_anywhere=True),
+        "empty content allowed": _valid_chat(allow_empty=True),
+        "extra keys allowed": _valid_chat(extra_keys=True),
+        "content not checked": _valid_chat(any_content=True),
+    },
+    ("02_data_preparation", "redact_pii"): {
+        "e-mail regex without plus signs or subdomains": _redact(),
+        "cards only as four groups of four": _redact(email=r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+                                                      card=r"\b\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{4}\b"),
+        "every long number redacted": _redact(email=r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+                                             card=r"\d(?:[ -]?\d){9,}"),
+    },
+    ("02_data_preparation", "shingle_jaccard"): {
+        "multisets instead of sets": _jaccard(multiset=True),
+        "no normalisation": _jaccard(normalise=False),
+        "empty texts similarity 0": _jaccard(empty=0.0),
+    },
+    ("02_data_preparation", "stratified_split_indices"): {
+        "not stratified (one random split)": _split(stratified=False),
+        "first items of each label, not random": _split(random_pick=False),
+        "rounding up always": _split(rounding=lambda x: int(x) + 1 if x else 0),
+    },
+    ("02_data_preparation", "leaked_items"): {
+        "exact string comparison": _leaks(exact=True),
+        "threshold exclusive": _leaks(strict=True),
+        "compared with the same position only": _leaks(same_position=True),
+    },
     ("01_when_to_finetune", "choose_approach"): {
         "first boundary inclusive (50 -> prompt)": _choose(first=lambda n: n <= 50),
         "second boundary exclusive (500 -> no fine-tune)": _choose(second=lambda n: n > 500),

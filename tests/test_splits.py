@@ -39,3 +39,23 @@ def test_leaks_are_found_exact_and_near_but_not_merely_similar():
     found = leaks(train, test, threshold=0.7)
     assert [(i, j) for i, j, _ in found] == [(0, 0), (1, 2)]
     assert found[0][2] == 1.0 and 0.7 <= found[1][2] < 1.0
+
+
+def test_label_counts_match_the_libraries_stratified_splits():
+    # Hugging Face datasets and scikit-learn split differently, but per label they must agree with ours to one item.
+    from datasets import Dataset
+    from sklearn.model_selection import train_test_split
+
+    from course_lib.data import load_tickets
+
+    rows = [r for r in load_tickets("train") if r["label"] != "feedback"][:500] + \
+        [r for r in load_tickets("train") if r["label"] == "feedback"][:37]  # one rare label
+    ours = Counter(r["label"] for r in stratified_split(rows, {"train": 0.8, "test": 0.2}, seed=0)["test"])
+    hf = Dataset.from_list(rows).class_encode_column("label").train_test_split(test_size=0.2, stratify_by_column="label",
+                                                                             seed=0)["test"]
+    names = hf.features["label"].names
+    theirs_hf = Counter(names[i] for i in hf["label"])
+    _, test = train_test_split(rows, test_size=0.2, stratify=[r["label"] for r in rows], random_state=0)
+    theirs_sk = Counter(r["label"] for r in test)
+    for label in ours | theirs_hf | theirs_sk:
+        assert abs(ours[label] - theirs_hf[label]) <= 1 and abs(ours[label] - theirs_sk[label]) <= 1, label
