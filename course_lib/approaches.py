@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import classify
+from . import classify, metrics
 from .align import render_chat
 from .data import TICKET_LABELS
 from .decision import CostModel
@@ -73,6 +73,6 @@ def measure(model: nn.Module, tokenizer, approach: str, rows: Sequence[dict], tr
                                    progress=False)
             seconds.append(time.perf_counter() - start)
     tokens = statistics.fmean(len(p) for p in prompts)
-    return {"approach": approach, "accuracy": classify.accuracy(predictions, [r["label"] for r in rows]),
+    return {"approach": approach, "accuracy": metrics.accuracy(predictions, [r["label"] for r in rows]),
             "n": len(rows), "prompt_tokens": tokens, "seconds_per_ticket": statistics.median(seconds),
             "dollars_per_million": 1e6 * cost.per_request(tokens, finetuned=approach == "fine-tuned")}

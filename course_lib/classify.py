@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import TICKET_LABELS
+from .metrics import accuracy
 
 IGNORE_INDEX = -100
 SYSTEM_PROMPT = ("Classify this support ticket as "
@@ -102,13 +103,6 @@ def predict(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[
     """The highest-scoring label for each text."""
     scores = label_logits(model, tokenizer, texts, labels, batch_size, progress)
     return [labels[i] for i in scores.argmax(-1).tolist()]
-
-
-def accuracy(predictions: Sequence[str], targets: Sequence[str]) -> float:
-    """Fraction of predictions equal to their targets."""
-    if len(predictions) != len(targets) or not targets:
-        raise ValueError(f"need equally many predictions and targets, got {len(predictions)} and {len(targets)}")
-    return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
 
 
 def evaluate(model: nn.Module, tokenizer, rows: Sequence[dict], batch_size: int = 16,

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .align import generate_replies, sequence_logprobs, sft_example
 from .classify import collate
+from .metrics import accuracy
 from .retrieval import Retriever
 
 SHOP = "Brightmoor Home Supplies"
@@ -111,7 +112,6 @@ def fact_accuracy(replies: Sequence[str], questions: Sequence[dict]) -> float:
 
 def choice_accuracy(chosen: Sequence[str], questions: Sequence[dict]) -> float:
     """Share of forced choices equal to their fact's value."""
-    if len(chosen) != len(questions) or not questions:
+    if len(chosen) != len(questions):
         raise ValueError(f"need one choice per question, got {len(chosen)} and {len(questions)}")
-    return sum(c == q["value"] for c, q in zip(chosen, questions)) / len(questions)
-
+    return accuracy(list(chosen), [q["value"] for q in questions])

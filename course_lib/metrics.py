@@ -1,7 +1,19 @@
-"""Evaluation metrics. Perplexity: exp of the mean next-token negative log-likelihood (nats per token)."""
+"""Evaluation metrics: the one home of every number the course reports.
+
+* perplexity: exp of the mean next-token negative log-likelihood (nats per token);
+* classification: accuracy, confusion matrix, precision / recall / F1 per class and macro, micro, weighted
+  (equal to scikit-learn's, ``zero_division=0``), exact match;
+* generation: ROUGE-1/2/L (equal to Google's ``rouge-score`` without stemming);
+* evidence: percentile bootstrap intervals, a paired bootstrap and McNemar's test for "is B better than A on
+  the same items", and a win rate with its Wilson interval.
+"""
 from __future__ import annotations
 
 import math
+import re
+import statistics
+from collections import Counter
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -29,3 +41,174 @@ def perplexity(model: nn.Module, tokenizer, text: str, max_length: int = 512, ma
         total_nll += nn.functional.cross_entropy(logits, window[0, 1:], reduction="sum").item()
         count += window.shape[1] - 1
     return math.exp(total_nll / count)
+
+
+# --- classification ---------------------------------------------------------------------------------------------
+
+def _check_pairs(predictions: Sequence, targets: Sequence) -> None:
+    if isinstance(predictions, str) or isinstance(targets, str):
+        raise TypeError("predictions and targets are sequences of labels, not strings")
+    if len(predictions) != len(targets):
+        raise ValueError(f"need equally many predictions and targets, got {len(predictions)} and {len(targets)}")
+    if not targets:
+        raise ValueError("no predictions to score")
+
+
+def accuracy(predictions: Sequence, targets: Sequence) -> float:
+    """Fraction of predictions equal to their targets."""
+    _check_pairs(predictions, targets)
+    return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
+
+
+def confusion_matrix(predictions: Sequence, targets: Sequence, labels: Sequence) -> torch.Tensor:
+    """(len(labels), len(labels)) counts: row = true label, column = predicted label (scikit-learn's layout).
+    A prediction or target outside ``labels`` raises."""
+    _check_pairs(predictions, targets)
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({str(x) for x in list(predictions) + list(targets) if x not in index})
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not among {list(labels)}")
+    matrix = torch.zeros(len(labels), len(labels), dtype=torch.int64)
+    for p, t in zip(predictions, targets):
+        matrix[index[t], index[p]] += 1
+    return matrix
+
+
+def precision_recall_f1(matrix: torch.Tensor, average: str | None = "macro") -> dict[str, torch.Tensor | float]:
+    """Precision, recall and F1 from a confusion matrix (rows true, columns predicted).
+
+    Per class: P = TP / (TP + FP), R = TP / (TP + FN), F1 = 2PR / (P + R), each 0 where its denominator is 0
+    (scikit-learn's ``zero_division=0``). ``average``: None (per-class tensors), "macro" (unweighted mean over
+    classes), "weighted" (mean weighted by each class's true count), or "micro" (from the summed counts: equal
+    to accuracy when every item has one label)."""
+    m = matrix.to(torch.float64)
+    tp, predicted, actual = m.diag(), m.sum(0), m.sum(1)
+    if average == "micro":
+        p = r = (tp.sum() / m.sum()).item() if m.sum() > 0 else 0.0
+        return {"precision": p, "recall": r, "f1": p}
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
+    recall = torch.where(actual > 0, tp / actual.clamp_min(1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-300),
+                     torch.zeros_like(tp))
+    if average is None:
+        return {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    if average == "macro":
+        weights = torch.full_like(tp, 1 / len(tp))
+    elif average == "weighted":
+        weights = actual / actual.sum()
+    else:
+        raise ValueError(f"average must be None, 'macro', 'micro' or 'weighted', got {average!r}")
+    return {k: float((v * weights).sum()) for k, v in (("precision", precision), ("recall", recall), ("f1", f1))}
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of predictions equal to their reference after stripping and lower-casing."""
+    _check_pairs(predictions, references)
+    return sum(p.strip().lower() == r.strip().lower() for p, r in zip(predictions, references)) / len(references)
+
+
+# --- generation: ROUGE (Lin, 2004) ---------------------------------------------------------------------------
+
+def rouge_tokens(text: str) -> list[str]:
+    """Google's rouge-score tokenisation without stemming: lower-case, every run of characters other than
+    a-z and 0-9 is a separator."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def _ngrams(tokens: list[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+def _prf(overlap: float, predicted: int, reference: int) -> dict[str, float]:
+    p = overlap / predicted if predicted else 0.0
+    r = overlap / reference if reference else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def lcs_length(a: Sequence, b: Sequence) -> int:
+    """Length of the longest common subsequence of two token lists (dynamic programming, O(len a * len b))."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_n(prediction: str, reference: str, n: int = 1) -> dict[str, float]:
+    """ROUGE-N: clipped n-gram overlap over the prediction's (precision) and the reference's (recall) n-grams."""
+    pred, ref = _ngrams(rouge_tokens(prediction), n), _ngrams(rouge_tokens(reference), n)
+    return _prf(sum((pred & ref).values()), sum(pred.values()), sum(ref.values()))
+
+
+def rouge_l(prediction: str, reference: str) -> dict[str, float]:
+    """ROUGE-L: LCS of the token sequences over the prediction's and the reference's length."""
+    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
+    return _prf(lcs_length(pred, ref), len(pred), len(ref))
+
+
+# --- turning a number into evidence --------------------------------------------------------------------------
+
+def bootstrap_ci(values: Sequence[float], statistic=None, confidence: float = 0.95, resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(estimate, low, high): the statistic (default: the mean) of ``values`` and its percentile bootstrap
+    interval: ``resamples`` samples of the same size drawn *with replacement*, the statistic of each, and the
+    (1-confidence)/2 and (1+confidence)/2 quantiles of those."""
+    data = torch.as_tensor(list(values), dtype=torch.float64)
+    if data.numel() == 0:
+        raise ValueError("no values to bootstrap")
+    statistic = statistic or (lambda x: x.mean(-1))
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, data.numel(), (resamples, data.numel()), generator=generator)
+    stats = statistic(data[idx])
+    alpha = (1 - confidence) / 2
+    low, high = torch.quantile(stats, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return float(statistic(data.unsqueeze(0))[0]), low, high
+
+
+def paired_bootstrap(scores_a: Sequence[float], scores_b: Sequence[float], resamples: int = 2000,
+                     seed: int = 0) -> dict[str, float]:
+    """Is B better than A on the same items? Resample the items (with replacement) and count how often B's
+    mean does not beat A's: a one-sided p-value for "B > A" (Koehn, 2004). Also the mean difference B - A and
+    its 95% percentile interval."""
+    a = torch.as_tensor(list(scores_a), dtype=torch.float64)
+    b = torch.as_tensor(list(scores_b), dtype=torch.float64)
+    if a.shape != b.shape or a.numel() == 0:
+        raise ValueError(f"need two equally long, non-empty lists of scores, got {a.numel()} and {b.numel()}")
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, a.numel(), (resamples, a.numel()), generator=generator)
+    diffs = (b - a)[idx].mean(-1)
+    low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"difference": float((b - a).mean()), "low": low, "high": high, "p_value": float((diffs <= 0).double().mean())}
+
+
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool], exact: bool = True) -> dict[str, float]:
+    """McNemar's test on paired right/wrong outcomes of two classifiers on the same items: only the
+    discordant pairs count (b = A right, B wrong; c = A wrong, B right). Exact: two-sided binomial test of
+    min(b, c) in b + c trials at p = 1/2; otherwise the chi-square statistic with continuity correction."""
+    if len(correct_a) != len(correct_b) or not correct_a:
+        raise ValueError(f"need two equally long, non-empty lists of outcomes, got {len(correct_a)} and {len(correct_b)}")
+    b = sum(bool(x) and not bool(y) for x, y in zip(correct_a, correct_b))
+    c = sum(not bool(x) and bool(y) for x, y in zip(correct_a, correct_b))
+    n = b + c
+    if n == 0:
+        return {"b": 0, "c": 0, "statistic": 0.0, "p_value": 1.0}
+    if exact:
+        k = min(b, c)
+        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+        return {"b": b, "c": c, "statistic": float(k), "p_value": min(1.0, 2 * tail)}
+    statistic = (abs(b - c) - 1) ** 2 / n
+    return {"b": b, "c": c, "statistic": statistic, "p_value": math.erfc(math.sqrt(statistic / 2))}
+
+
+def win_rate(wins: int, losses: int, ties: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Share of pairwise judgements won (a tie counts half) and its Wilson score interval."""
+    n = wins + losses + ties
+    if n == 0:
+        raise ValueError("no judgements")
+    p = (wins + ties / 2) / n
+    z = statistics.NormalDist().inv_cdf((1 + confidence) / 2)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, centre - half, centre + half

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from make_tickets import OPENERS, make_ticket  # noqa: E402
 
-from course_lib import classify, lora  # noqa: E402
+from course_lib import classify, lora, metrics  # noqa: E402
 from course_lib.data import TICKET_LABELS, load_tickets, near_duplicate_key  # noqa: E402
 from course_lib.models import load_default_model, use_cores  # noqa: E402
 from course_lib.splits import leaks, stratified_split  # noqa: E402
@@ -82,7 +82,7 @@ def train_and_test(rows: list[dict], test: list[dict], validation: list[dict]) -
     seconds = time.perf_counter() - start
     predictions = classify.predict(model, tokenizer, [r["text"] for r in test])
     return {"train_seconds": round(seconds, 1), "final_loss": history["loss"][-1], "predictions": predictions,
-            "test_accuracy": classify.accuracy(predictions, [r["label"] for r in test]),
+            "test_accuracy": metrics.accuracy(predictions, [r["label"] for r in test]),
             "validation_accuracy": classify.evaluate(model, tokenizer, validation)}
 
 

@@ -43,12 +43,6 @@ def test_label_tokens_must_be_single_and_distinct(tiny):
         classify.label_token_ids(tokenizer, ["billing"])
 
 
-def test_accuracy():
-    assert classify.accuracy(["a", "b", "c", "d"], ["a", "b", "x", "d"]) == 0.75
-    with pytest.raises(ValueError, match="equally many"):
-        classify.accuracy(["a"], ["a", "b"])
-
-
 def test_training_lowers_the_loss_of_the_adapters_only(tiny):
     model, tokenizer = tiny
     lora.inject_lora(model, r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])

@@ -1,0 +1,145 @@
+"""course_lib.metrics: equal to scikit-learn, rouge-score and scipy on the same inputs; clear errors on bad input."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import metrics
+from course_lib.data import load_tickets
+
+LABELS = ["account", "delivery", "feedback", "payment", "technical"]
+
+
+def _random_labels(seed, n=300, absent=()):
+    rng = random.Random(seed)
+    pool = [label for label in LABELS if label not in absent]
+    targets = [rng.choice(LABELS) for _ in range(n)]
+    predictions = [t if rng.random() < 0.6 else rng.choice(pool) for t in targets]
+    return [p if p in pool else pool[0] for p in predictions], targets
+
+
+@pytest.mark.parametrize("seed, absent", [(0, ()), (1, ("feedback",)), (2, ("payment", "technical"))])
+def test_classification_metrics_equal_scikit_learn(seed, absent):
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    predictions, targets = _random_labels(seed, absent=absent)
+    labels = LABELS + ["unused"]  # a label nobody predicts or has: zero division everywhere
+    matrix = metrics.confusion_matrix(predictions, targets, labels)
+    assert matrix.tolist() == confusion_matrix(targets, predictions, labels=labels).tolist()
+    assert metrics.accuracy(predictions, targets) == accuracy_score(targets, predictions)
+    for average in (None, "macro", "micro", "weighted"):
+        ours = metrics.precision_recall_f1(matrix, average)
+        p, r, f, support = precision_recall_fscore_support(targets, predictions, labels=labels, average=average,
+                                                           zero_division=0)
+        for name, theirs in (("precision", p), ("recall", r), ("f1", f)):
+            got = ours[name].tolist() if average is None else ours[name]
+            assert got == pytest.approx(theirs.tolist() if average is None else theirs, abs=1e-12), (average, name)
+
+
+def test_classification_inputs_are_checked():
+    with pytest.raises(ValueError, match="equally many"):
+        metrics.accuracy(["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="no predictions"):
+        metrics.accuracy([], [])
+    with pytest.raises(TypeError, match="not strings"):
+        metrics.accuracy("ab", "ab")
+    with pytest.raises(ValueError, match=r"\['spam'\] are not among"):
+        metrics.confusion_matrix(["spam"], ["account"], LABELS)
+    with pytest.raises(ValueError, match="average must be"):
+        metrics.precision_recall_f1(torch.eye(2, dtype=torch.int64), "samples")
+    assert metrics.exact_match([" Paris ", "rome"], ["paris", "Madrid"]) == 0.5
+
+
+def _pairs(count=240):
+    rng = random.Random(0)
+    texts = [r["text"] for r in load_tickets("train")[:count]]
+    pairs = []
+    for i, text in enumerate(texts):
+        words = text.split()
+        kind = i % 4
+        if kind == 0:
+            prediction = " ".join(rng.sample(words, len(words)))
+        elif kind == 1:
+            prediction = " ".join(w for w in words if rng.random() < 0.7) or "x"
+        elif kind == 2:
+            prediction = texts[(i + 1) % len(texts)]
+        else:
+            prediction = text.upper() + " Really, it's URGENT!!"
+        pairs.append((prediction, text))
+    return pairs + [("", "something"), ("same same same", "same"), ("Don't-stop: 24/7", "dont stop 24 7")]
+
+
+def test_rouge_equals_googles_rouge_score_on_240_pairs():
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    for prediction, reference in _pairs():
+        theirs = scorer.score(reference, prediction)
+        for ours, name in ((metrics.rouge_n(prediction, reference, 1), "rouge1"),
+                           (metrics.rouge_n(prediction, reference, 2), "rouge2"),
+                           (metrics.rouge_l(prediction, reference), "rougeL")):
+            assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx(
+                (theirs[name].precision, theirs[name].recall, theirs[name].fmeasure), abs=1e-12), (name, prediction)
+
+
+def test_lcs_on_tokens_against_brute_force():
+    from itertools import combinations
+
+    rng = random.Random(1)
+    for _ in range(50):
+        a = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        b = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        best = max((k for k in range(len(a) + 1) for sub in combinations(a, k)
+                    if _is_subsequence(sub, b)), default=0)
+        assert metrics.lcs_length(a, b) == best
+
+
+def _is_subsequence(sub, seq):
+    it = iter(seq)
+    return all(x in it for x in sub)
+
+
+def test_bootstrap_interval_matches_scipy_and_resamples_with_replacement():
+    from scipy.stats import bootstrap
+
+    rng = random.Random(0)
+    values = [float(rng.random() < 0.8) for _ in range(400)]
+    estimate, low, high = metrics.bootstrap_ci(values, resamples=4000, seed=0)
+    theirs = bootstrap((values,), lambda x, axis: x.mean(axis), method="percentile", n_resamples=4000,
+                       confidence_level=0.95, rng=np.random.default_rng(0)).confidence_interval
+    assert estimate == sum(values) / len(values)
+    assert low == pytest.approx(theirs.low, abs=0.01) and high == pytest.approx(theirs.high, abs=0.01)
+    assert metrics.bootstrap_ci([1.0] * 10) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="no values"):
+        metrics.bootstrap_ci([])
+
+
+def test_paired_tests_equal_scipy():
+    from scipy.stats import binomtest, chi2
+
+    rng = random.Random(3)
+    a = [rng.random() < 0.7 for _ in range(225)]
+    b = [x or rng.random() < 0.4 for x in a]
+    result = metrics.mcnemar(a, b)
+    discordant = result["b"] + result["c"]
+    assert result["p_value"] == pytest.approx(binomtest(result["b"], discordant, 0.5).pvalue, abs=1e-12)
+    approx = metrics.mcnemar(a, b, exact=False)
+    assert approx["p_value"] == pytest.approx(chi2.sf(approx["statistic"], 1), abs=1e-12)
+    assert metrics.mcnemar(a, a)["p_value"] == 1.0
+    better = metrics.paired_bootstrap([float(x) for x in a], [float(x) for x in b])
+    assert better["difference"] > 0 and better["low"] > 0 and better["p_value"] < 0.01
+    assert metrics.paired_bootstrap([1.0, 0.0], [1.0, 0.0])["p_value"] == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        metrics.paired_bootstrap([1.0], [1.0, 0.0])
+
+
+def test_win_rate_wilson_interval_equals_scipy():
+    from scipy.stats import binomtest
+
+    rate, low, high = metrics.win_rate(14, 4, 2)
+    assert rate == 15 / 20
+    theirs = binomtest(15, 20).proportion_ci(confidence_level=0.95, method="wilson")
+    assert (low, high) == pytest.approx((theirs.low, theirs.high), abs=1e-12)
+    with pytest.raises(ValueError):
+        metrics.win_rate(0, 0)
