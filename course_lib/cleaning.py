@@ -81,17 +81,15 @@ def clean(lines: Sequence[str], labels: Sequence[str], source: str = "<lines>", 
         stages.append(Stage(name, n_in))
         return stages[-1]
 
-    s = stage("parse", len(lines))
+    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    s = stage("parse", len(numbered))
     parsed = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, line in numbered:
         try:
             parsed.append((number, json.loads(line)))
         except json.JSONDecodeError:
             s.dropped["not JSON"] += 1
             s.note(f"{source}:{number}", "not JSON")
-    s.records_in = len([line for line in lines if line.strip()])
 
     s = stage("fields", len(parsed))
     records = []

@@ -87,11 +87,16 @@ def reference_prose(max_chars: int | None = None) -> str:
     return prose if max_chars is None else prose[:max_chars]
 
 
+def _shipped(*parts: str) -> Path:
+    """A path inside course_lib's shipped data folder."""
+    return Path(str(resources.files("course_lib").joinpath("data", *parts)))
+
+
 def tickets_path(split: str) -> Path:
     """Path of one split of the packaged support-ticket data set."""
     if split not in TICKET_SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {TICKET_SPLITS}")
-    return Path(str(resources.files("course_lib") / "data" / "tickets" / f"{split}.jsonl"))
+    return _shipped("tickets", f"{split}.jsonl")
 
 
 def load_tickets(split: str) -> list[dict]:
@@ -110,13 +115,13 @@ def load_preferences(split: str) -> list[dict]:
     rejected reply breaks the style) and the ticket's ``label``."""
     if split not in PREFERENCE_SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {PREFERENCE_SPLITS}")
-    path = Path(str(resources.files("course_lib") / "data" / "preferences" / f"{split}.jsonl"))
+    path = _shipped("preferences", f"{split}.jsonl")
     return read_jsonl(path, PREFERENCE_FIELDS)
 
 
 def ticket_adapter_path() -> Path:
     """Folder of topic 3's trained ticket adapter, shipped in PEFT format (``scripts/make_ticket_adapter.py``)."""
-    return Path(str(resources.files("course_lib") / "data" / "adapters" / "tickets-lora-r8"))
+    return _shipped("adapters", "tickets-lora-r8")
 
 
 def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[dict]]:
@@ -124,14 +129,13 @@ def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[di
     ``title``, ``text``) and one record per fact (``fact``, ``document``, ``value``, ``sentence``,
     ``train_questions``, ``test_question``, ``answer``, ``edited_value``), from the shipped folder or ``folder``.
     A fact whose sentence is not in its document raises :class:`DataError`."""
-    folder = Path(folder or str(resources.files("course_lib") / "data" / "policies"))
+    folder = Path(folder) if folder else _shipped("policies")
     documents = read_jsonl(folder / "documents.jsonl", {"id": str, "title": str, "text": str})
     questions = read_jsonl(folder / "questions.jsonl", {"fact": str, "document": str, "value": str, "sentence": str,
                                                          "train_questions": list, "test_question": str, "answer": str})
-    ids = {d["id"] for d in documents}
+    texts = {d["id"]: d["text"] for d in documents}
     for number, q in enumerate(questions, start=1):
-        if q["document"] not in ids or q["sentence"].format(v=q["value"]) not in next(
-                d["text"] for d in documents if d["id"] == q["document"]):
+        if q["sentence"].format(v=q["value"]) not in texts.get(q["document"], ""):
             raise DataError(f"{folder / 'questions.jsonl'}:{number}: fact {q['fact']!r} is not stated in "
                             f"document {q['document']!r}")
     return documents, questions
@@ -140,5 +144,4 @@ def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[di
 def messy_tickets_path() -> Path:
     """Topic 2's raw, deliberately messy ticket export (``scripts/make_messy_tickets.py`` lists the damage);
     ``truth.jsonl`` beside it says, per line, what was done to it."""
-    return Path(str(resources.files("course_lib") / "data" / "messy" / "raw.jsonl"))
-
+    return _shipped("messy", "raw.jsonl")

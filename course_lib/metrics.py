@@ -150,6 +150,11 @@ def rouge_l(prediction: str, reference: str) -> dict[str, float]:
 
 # --- turning a number into evidence --------------------------------------------------------------------------
 
+def _resamples(n: int, resamples: int, seed: int) -> torch.Tensor:
+    """(resamples, n) item indices drawn with replacement: one bootstrap sample per row."""
+    return torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+
+
 def bootstrap_ci(values: Sequence[float], statistic=None, confidence: float = 0.95, resamples: int = 2000,
                  seed: int = 0) -> tuple[float, float, float]:
     """(estimate, low, high): the statistic (default: the mean) of ``values`` and its percentile bootstrap
@@ -159,9 +164,7 @@ def bootstrap_ci(values: Sequence[float], statistic=None, confidence: float = 0.
     if data.numel() == 0:
         raise ValueError("no values to bootstrap")
     statistic = statistic or (lambda x: x.mean(-1))
-    generator = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, data.numel(), (resamples, data.numel()), generator=generator)
-    stats = statistic(data[idx])
+    stats = statistic(data[_resamples(data.numel(), resamples, seed)])
     alpha = (1 - confidence) / 2
     low, high = torch.quantile(stats, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
     return float(statistic(data.unsqueeze(0))[0]), low, high
@@ -176,9 +179,7 @@ def paired_bootstrap(scores_a: Sequence[float], scores_b: Sequence[float], resam
     b = torch.as_tensor(list(scores_b), dtype=torch.float64)
     if a.shape != b.shape or a.numel() == 0:
         raise ValueError(f"need two equally long, non-empty lists of scores, got {a.numel()} and {b.numel()}")
-    generator = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, a.numel(), (resamples, a.numel()), generator=generator)
-    diffs = (b - a)[idx].mean(-1)
+    diffs = (b - a)[_resamples(a.numel(), resamples, seed)].mean(-1)
     low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return {"difference": float((b - a).mean()), "low": low, "high": high, "p_value": float((diffs <= 0).double().mean())}
 

@@ -50,8 +50,9 @@ def leaks(train: Sequence[str], evaluation: Sequence[str], threshold: float = 0.
         exact.setdefault(normalise(text), j)
     found: dict[int, tuple[int, float]] = {}
     for i, text in enumerate(evaluation):
-        if normalise(text) in exact:
-            found[i] = (exact[normalise(text)], 1.0)
+        j = exact.get(normalise(text))
+        if j is not None:
+            found[i] = (j, 1.0)
     offset = len(train)
     for a, b, similarity in near_duplicate_pairs(list(train) + list(evaluation), threshold, n):
         if a < offset <= b:  # one from each side (pairs come ordered, so a train item is always first)
