@@ -1,7 +1,8 @@
 """Data sets that ship with the course, and a JSONL reader that names the file, line and field of bad input.
 
 The support-ticket data set (``load_tickets``) has five categories and train/validation/test splits with
-no near-duplicates across them; ``scripts/make_tickets.py`` says how it was made.
+no near-duplicates across them; ``scripts/make_tickets.py`` says how it was made. Sixty more tickets
+(``load_freeform_tickets``) were written by hand, unlike those templates, to test robustness.
 """
 from __future__ import annotations
 
@@ -101,7 +102,17 @@ def tickets_path(split: str) -> Path:
 
 def load_tickets(split: str) -> list[dict]:
     """The support tickets of one split: dicts with ``id``, ``text`` and ``label`` (one of TICKET_LABELS)."""
-    path = tickets_path(split)
+    return _read_tickets(tickets_path(split))
+
+
+def load_freeform_tickets() -> list[dict]:
+    """Sixty support tickets written by hand for the course (12 per label), phrased unlike the templates of the
+    data set: colloquial, indirect, no slot values ("so my bank statement has you guys on it twice"). Topic 6
+    uses them as production-like inputs the classifier never saw the like of. Same fields as :func:`load_tickets`."""
+    return _read_tickets(_shipped("tickets", "freeform.jsonl"))
+
+
+def _read_tickets(path: Path) -> list[dict]:
     rows = read_jsonl(path, {"id": str, "text": str, "label": str})
     for number, row in enumerate(rows, start=1):
         if row["label"] not in TICKET_LABELS:
@@ -122,6 +133,12 @@ def load_preferences(split: str) -> list[dict]:
 def ticket_adapter_path() -> Path:
     """Folder of topic 3's trained ticket adapter, shipped in PEFT format (``scripts/make_ticket_adapter.py``)."""
     return _shipped("adapters", "tickets-lora-r8")
+
+
+def reply_adapter_path() -> Path:
+    """Folder of topic 6's house-style reply adapter (SFT on the chosen replies of the preference pairs), shipped in
+    PEFT format (``scripts/make_reply_adapter.py``)."""
+    return _shipped("adapters", "replies-lora-r8")
 
 
 def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[dict]]:

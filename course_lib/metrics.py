@@ -170,6 +170,19 @@ def bootstrap_ci(values: Sequence[float], statistic=None, confidence: float = 0.
     return float(statistic(data.unsqueeze(0))[0]), low, high
 
 
+def bootstrap_metric(metric, predictions: Sequence, targets: Sequence, confidence: float = 0.95,
+                     resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(estimate, low, high) of a corpus-level ``metric(predictions, targets)`` that is not a mean of per-item
+    scores (macro-F1, corpus BLEU): the (prediction, target) pairs are resampled with replacement, the metric
+    recomputed on each sample, and the percentile interval read off as in :func:`bootstrap_ci`."""
+    _check_pairs(predictions, targets)
+    stats = torch.tensor([metric([predictions[i] for i in row], [targets[i] for i in row])
+                          for row in _resamples(len(targets), resamples, seed).tolist()], dtype=torch.float64)
+    alpha = (1 - confidence) / 2
+    low, high = torch.quantile(stats, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return float(metric(list(predictions), list(targets))), low, high
+
+
 def paired_bootstrap(scores_a: Sequence[float], scores_b: Sequence[float], resamples: int = 2000,
                      seed: int = 0) -> dict[str, float]:
     """Is B better than A on the same items? Resample the items (with replacement) and count how often B's

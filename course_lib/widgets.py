@@ -1,13 +1,17 @@
 """Interactive explorers for the notebooks (ipywidgets). Each one recomputes from course_lib functions."""
 from __future__ import annotations
 
+import html
 import math
+import random
+from collections.abc import Sequence
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from .decision import CostModel, break_even_requests, recommend
 from .lora import lora_scaling
+from .metrics import win_rate
 from .quant import fake_quantize
 from .memory import LLAMA2_7B, TransformerShape, finetune_memory_gb, lora_trainable, parameter_count
 
@@ -149,3 +153,74 @@ def decision_explorer(cost: CostModel = CostModel(), finetuned_tokens: int = 60,
     update()
     return widgets.VBox([widgets.HBox([examples, requests, prompt]), widgets.HBox([fresh, consistent]), verdict, out])
 
+
+
+class BlindComparison:
+    """Blind pairwise human evaluation: for each prompt, the outputs of systems A and B side by side in a random
+    order (seeded), rated left / right / tie; which side is which is hidden until :meth:`results` is read.
+
+    ``widget`` is the panel; :meth:`rate` is what its buttons call, so ratings can also be given in code."""
+
+    CHOICES = ("left", "right", "tie")
+
+    def __init__(self, prompts: Sequence[str], outputs_a: Sequence[str], outputs_b: Sequence[str],
+                 names: tuple[str, str] = ("A", "B"), seed: int = 0):
+        if not len(prompts) == len(outputs_a) == len(outputs_b) or not prompts:
+            raise ValueError(f"need as many outputs of each system as prompts (and at least one), got "
+                             f"{len(prompts)} prompts, {len(outputs_a)} and {len(outputs_b)} outputs")
+        self.prompts, self.outputs, self.names = list(prompts), (list(outputs_a), list(outputs_b)), names
+        rng = random.Random(seed)
+        self.b_on_left = [rng.random() < 0.5 for _ in self.prompts]
+        self.winners: list[str | None] = [None] * len(self.prompts)  # per item: "a", "b", "tie" or None (unrated)
+        self.position = 0
+        self._page = widgets.HTML()
+        buttons = [widgets.Button(description=d) for d in ("Left is better", "Right is better", "Tie")]
+        for button, choice in zip(buttons, self.CHOICES):
+            button.on_click(lambda _, c=choice: self.rate(c))
+        self.buttons = buttons
+        self.widget = widgets.VBox([self._page, widgets.HBox(buttons)])
+        self._show()
+
+    def rate(self, choice: str) -> None:
+        """Record ``choice`` ("left", "right" or "tie") for the item on screen and move to the next."""
+        if choice not in self.CHOICES:
+            raise ValueError(f"choice must be one of {self.CHOICES}, got {choice!r}")
+        if self.position >= len(self.prompts):
+            raise ValueError("every item is rated already")
+        left_is_b = self.b_on_left[self.position]
+        self.winners[self.position] = "tie" if choice == "tie" else ("b" if (choice == "left") == left_is_b else "a")
+        self.position += 1
+        self._show()
+
+    def _show(self) -> None:
+        i, n = self.position, len(self.prompts)
+        if i >= n:
+            self._page.value = f"<b>All {n} pairs rated.</b> Run the next cell to unblind and see the results."
+            for button in self.buttons:
+                button.disabled = True
+            return
+        left, right = (self.outputs[1][i], self.outputs[0][i]) if self.b_on_left[i] else \
+            (self.outputs[0][i], self.outputs[1][i])
+        box = "<td style='vertical-align:top;width:50%;border:1px solid #ccc;padding:6px'>{}</td>"
+        self._page.value = (f"<b>Pair {i + 1} of {n}</b>. Ticket: <i>{html.escape(self.prompts[i])}</i>"
+                            f"<table style='width:100%'><tr><th>Left</th><th>Right</th></tr><tr>"
+                            f"{box.format(html.escape(left))}{box.format(html.escape(right))}</tr></table>"
+                            "Which reply would you rather send to this customer?")
+
+    def results(self, metric_a: Sequence[float] | None = None, metric_b: Sequence[float] | None = None) -> dict:
+        """Unblinded: how often B won (ties count half) with its 95% Wilson interval, over the rated items; with
+        per-item automatic scores of both systems, also how often the metric prefers the side the rater chose
+        (over rated items where the rater and the metric both prefer one side)."""
+        rated = [w for w in self.winners if w is not None]
+        if not rated:
+            raise ValueError("no pair is rated yet: rate some pairs in the panel first")
+        wins, losses, ties = rated.count("b"), rated.count("a"), rated.count("tie")
+        rate, low, high = win_rate(wins, losses, ties)
+        out = {"rated": len(rated), "wins": wins, "losses": losses, "ties": ties, "win_rate": rate, "low": low,
+               "high": high, "names": self.names}
+        if metric_a is not None and metric_b is not None:
+            pairs = [(w, "b" if sb > sa else "a") for w, sa, sb in zip(self.winners, metric_a, metric_b)
+                     if w in ("a", "b") and sa != sb]
+            out["metric_compared"] = len(pairs)
+            out["metric_agreement"] = sum(w == m for w, m in pairs) / len(pairs) if pairs else float("nan")
+        return out
