@@ -120,6 +120,9 @@ def inject_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: floa
     """
     if not isinstance(target_modules, str):
         target_modules = tuple(target_modules)
+    if next(lora_layers(model), None) is not None:
+        raise ValueError("the model has LoRA adapters already: remove them first (lora.unload_lora(model)), or "
+                         "merge them (lora.merge_lora) and load the model again")
     model.requires_grad_(False)
     targets = [(name, module) for name, module in model.named_modules()
                if isinstance(module, (nn.Linear, QuantLinear)) and _matches(name, target_modules)]
@@ -156,6 +159,18 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     """Undo :func:`merge_lora` (in place)."""
     for _, layer in lora_layers(model):
         layer.unmerge()
+    return model
+
+
+def unload_lora(model: nn.Module) -> nn.Module:
+    """Remove every adapter: each :class:`LoRALinear` is replaced by its base layer, unmerged first, so the model
+    is the base model again (PEFT's ``unload()``). In place; returns ``model``."""
+    for name, layer in list(lora_layers(model)):
+        layer.unmerge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base_layer)
+    if hasattr(model, "lora_config"):
+        del model.lora_config
     return model
 
 

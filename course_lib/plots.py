@@ -97,3 +97,39 @@ def plot_reward_distributions(panels: dict[str, tuple[Sequence[float], Sequence[
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_confusion_matrices(matrices: dict[str, Sequence[Sequence[int]]], labels: Sequence[str]):
+    """Confusion matrices side by side (rows true label, columns predicted), each cell annotated with its count;
+    returns the figure."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8), squeeze=False)
+    for ax, (name, matrix) in zip(axes[0], matrices.items()):
+        counts = [[int(x) for x in row] for row in matrix]
+        ax.imshow(counts, cmap="Blues")
+        for i, row in enumerate(counts):
+            for j, value in enumerate(row):
+                ax.text(j, i, str(value), ha="center", va="center",
+                        color="white" if value > max(map(max, counts)) / 2 else "black")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set(xlabel="predicted", ylabel="true", title=name)
+    fig.tight_layout()
+    return fig
+
+
+def plot_intervals(rows: dict[str, tuple[float, float, float]], xlabel: str, title: str = ""):
+    """One row per name: the estimate (dot) and its interval (bar), (estimate, low, high); returns the figure."""
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(rows) + 1.2))
+    names = list(rows)
+    for y, name in enumerate(names):
+        estimate, low, high = rows[name]
+        ax.plot([low, high], [y, y], color="#2a7ab9", lw=3, solid_capstyle="butt")
+        ax.plot([estimate], [y], "o", color="black")
+        ax.annotate(f"{estimate:.3f} [{low:.3f}, {high:.3f}]", (high, y), textcoords="offset points", xytext=(6, -4),
+                    fontsize=8)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set(xlabel=xlabel, title=title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.margins(x=0.25)
+    return fig

@@ -6,8 +6,9 @@
    without punctuation, and on 60 hand-written free-form tickets (paired with the clean run by McNemar).
 3. Generation: house-style replies to the 100 test tickets of the preference data, greedy, by the base model
    and by the reply adapter (``scripts/make_reply_adapter.py``), ROUGE-L F1 against the chosen reply, with
-   95% bootstrap intervals and a paired bootstrap test; the replies themselves ship, so the notebook's
-   statistics and its blind human-evaluation panel use exactly these.
+   95% bootstrap intervals and a paired bootstrap test; also a task metric: is the reply one of the training
+   replies written for the ticket's category (the right answer), not only in the house style? The replies
+   themselves ship, so the notebook's statistics and its blind human-evaluation panel use exactly these.
 4. Forgetting: perplexity on general English prose (``data.reference_prose``) with no adapter and with each.
 
     python scripts/measure_evaluation.py      -> course_lib/data/measurements/evaluation.json
@@ -88,9 +89,12 @@ def main() -> None:
         "size": len(freeform), "predictions": free_predictions}
     result["robustness"] = robustness
 
-    lora.load_adapter(model, reply_adapter_path())
+    lora.load_adapter(lora.unload_lora(model), reply_adapter_path())
     result["forgetting"]["replies adapter"] = metrics.perplexity(model, tokenizer, prose, max_tokens=PROSE_TOKENS)
     tuned_replies = align.generate_replies(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS)
+    answers: dict[str, set[str]] = {}
+    for pair in load_preferences("train"):
+        answers.setdefault(pair["label"], set()).add(pair["chosen"])
     base_rouge = [metrics.rouge_l(r, p["chosen"])["f1"] for r, p in zip(base_replies, pairs)]
     tuned_rouge = [metrics.rouge_l(r, p["chosen"])["f1"] for r, p in zip(tuned_replies, pairs)]
     result["generation"] = {
@@ -98,6 +102,10 @@ def main() -> None:
         "rouge_l": {"base": interval(base_rouge), "fine-tuned": interval(tuned_rouge)},
         "paired_bootstrap": metrics.paired_bootstrap(base_rouge, tuned_rouge),
         "house_style": {"base": align.style_report(base_replies), "fine-tuned": align.style_report(tuned_replies)},
+        "right_answer": {name: interval([float(r in answers[p["label"]]) for r, p in zip(replies, pairs)])
+                         for name, replies in (("base", base_replies), ("fine-tuned", tuned_replies))},
+        "exact_match": {"base": metrics.exact_match(base_replies, [p["chosen"] for p in pairs]),
+                        "fine-tuned": metrics.exact_match(tuned_replies, [p["chosen"] for p in pairs])},
         "items": [{"id": p["id"], "prompt": p["prompt"], "reference": p["chosen"], "label": p["label"],
                    "base": b, "fine-tuned": t} for p, b, t in zip(pairs, base_replies, tuned_replies)]}
     result["prose_tokens"] = PROSE_TOKENS
@@ -107,6 +115,7 @@ def main() -> None:
     OUT.chmod(0o644)
     summary = {k: v for k, v in result.items() if k not in ("generation", "classification", "robustness")}
     summary["rouge_l"] = result["generation"]["rouge_l"]
+    summary["right_answer"] = result["generation"]["right_answer"]
     summary["accuracy"] = {k: result["classification"][k]["accuracy"] for k in ("base", "fine-tuned")}
     summary["robustness"] = {k: v["accuracy"] for k, v in robustness.items()}
     print(json.dumps(summary, indent=1))

@@ -1,4 +1,5 @@
-"""course_lib.data: the shipped ticket data set and the JSONL reader's errors."""
+"""course_lib.data: the shipped data sets, adapters and measurements, and the JSONL reader's errors."""
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.data import (PREFERENCE_SPLITS, TICKET_LABELS, TICKET_SPLITS, DataError, load_policies, load_tickets,
-                             near_duplicate_key, read_jsonl, write_jsonl)
+from course_lib.data import (PREFERENCE_SPLITS, TICKET_LABELS, TICKET_SPLITS, DataError, load_freeform_tickets,
+                             load_policies, load_preferences, load_tickets, near_duplicate_key, read_jsonl,
+                             write_jsonl)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +40,14 @@ def test_shipped_files_are_what_the_generator_makes(tmp_path, script, folder, sp
     for name in splits:
         shipped = ROOT / "course_lib" / "data" / folder / f"{name}.jsonl"
         assert (tmp_path / f"{name}.jsonl").read_bytes() == shipped.read_bytes(), name
+
+
+def test_freeform_tickets_are_balanced_and_unlike_the_templates():
+    rows = load_freeform_tickets()
+    assert Counter(r["label"] for r in rows) == {label: 12 for label in TICKET_LABELS}
+    assert len({r["id"] for r in rows}) == len(rows)
+    template_keys = {near_duplicate_key(r["text"]) for split in TICKET_SPLITS for r in load_tickets(split)}
+    assert not {near_duplicate_key(r["text"]) for r in rows} & template_keys
 
 
 def test_write_jsonl_is_what_read_jsonl_reads(tmp_path):
@@ -88,3 +98,43 @@ def test_policies_state_every_fact_in_its_document(tmp_path):
     (tmp_path / "questions.jsonl").write_text(broken)
     with pytest.raises(DataError, match=r"questions.jsonl:1: fact 'return_window' is not stated in document 'doc1'"):
         load_policies(tmp_path)
+
+
+def _evaluation():
+    return json.loads((ROOT / "course_lib" / "data" / "measurements" / "evaluation.json").read_text())
+
+
+def test_evaluation_measurements_agree_with_their_own_items():
+    from course_lib import metrics, shifts
+
+    measured = _evaluation()
+    targets = [r["label"] for r in load_tickets("test")]
+    for name in ("base", "fine-tuned"):
+        record = measured["classification"][name]
+        assert record["accuracy"]["estimate"] == metrics.accuracy(record["predictions"], targets)
+    assert set(measured["robustness"]) == {"clean", *shifts.SHIFTS, "free-form (hand-written)"}
+    free = measured["robustness"]["free-form (hand-written)"]
+    assert free["accuracy"]["estimate"] == metrics.accuracy(free["predictions"], [r["label"] for r in load_freeform_tickets()])
+    items = measured["generation"]["items"]
+    assert [it["id"] for it in items] == [p["id"] for p in load_preferences("test")]
+    for name in ("base", "fine-tuned"):
+        rouge = [metrics.rouge_l(it[name], it["reference"])["f1"] for it in items]
+        assert measured["generation"]["rouge_l"][name]["estimate"] == pytest.approx(sum(rouge) / len(rouge))
+    assert measured["generation"]["rouge_l"]["fine-tuned"]["low"] > measured["generation"]["rouge_l"]["base"]["high"]
+
+
+@pytest.mark.slow
+def test_the_shipped_reply_adapter_generates_as_recorded():
+    from course_lib import lora
+    from course_lib.align import generate_replies
+    from course_lib.data import reply_adapter_path
+    from course_lib.models import load_default_model
+
+    measured = _evaluation()
+    items = measured["generation"]["items"][:4]
+    model, tokenizer = load_default_model(device="cpu")
+    lora.load_adapter(model, reply_adapter_path())
+    replies = generate_replies(model, tokenizer, [it["prompt"] for it in items],
+                               max_new_tokens=measured["generation"]["max_new_tokens"], progress=False)
+    # greedy decoding: the same replies, unless another CPU's rounding flips a near tie late in a reply
+    assert sum(r == it["fine-tuned"] for r, it in zip(replies, items)) >= 3

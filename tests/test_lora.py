@@ -120,6 +120,25 @@ def test_merge_and_unmerge(tiny):
     assert (unmerged - base).abs().max() > 1e-3  # the adapters really change the output
 
 
+def test_unload_restores_the_base_model_and_allows_another_adapter(tiny):
+    model, tokenizer = tiny
+    batch = _batch(tokenizer)
+    with torch.no_grad():
+        base = model(**batch).logits
+    lora.inject_lora(model, r=4, alpha=8)
+    for _, layer in lora.lora_layers(model):
+        torch.nn.init.normal_(layer.lora_B, std=0.5)
+    lora.merge_lora(model)  # unload must take a merged update back out of the base weight
+    with pytest.raises(ValueError, match="has LoRA adapters already"):
+        lora.inject_lora(model, r=8)
+    assert lora.unload_lora(model) is model
+    assert not list(lora.lora_layers(model)) and not hasattr(model, "lora_config")
+    with torch.no_grad():
+        assert_tensors_close(model(**batch).logits, base, atol=1e-5, rtol=0)
+    lora.inject_lora(model, r=8, target_modules=("k_proj",))
+    assert {n.rsplit(".", 1)[-1] for n, _ in lora.lora_layers(model)} == {"k_proj"}
+
+
 def test_merged_weight_equals_peft_merge_and_unload(tiny):
     model, _ = tiny
     ours, theirs = _pair(model, r=4, alpha=8)

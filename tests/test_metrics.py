@@ -115,6 +115,23 @@ def test_bootstrap_interval_matches_scipy_and_resamples_with_replacement():
         metrics.bootstrap_ci([])
 
 
+def test_bootstrap_metric_resamples_pairs_and_recomputes_the_metric():
+    predictions, targets = _random_labels(3, n=200)
+    macro = lambda p, t: metrics.precision_recall_f1(metrics.confusion_matrix(p, t, LABELS))["f1"]
+    estimate, low, high = metrics.bootstrap_metric(macro, predictions, targets, resamples=500, seed=1)
+    assert estimate == macro(predictions, targets) and low < estimate < high
+    # the same draws by hand: row k of the resample indices picks the k-th bootstrap sample
+    rows = metrics._resamples(200, 500, 1).tolist()
+    by_hand = torch.tensor([macro([predictions[i] for i in r], [targets[i] for i in r]) for r in rows], dtype=torch.float64)
+    assert [low, high] == pytest.approx(torch.quantile(by_hand, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist())
+    # accuracy is a mean of 0/1 scores: both bootstraps agree on it
+    acc = metrics.bootstrap_metric(metrics.accuracy, predictions, targets, resamples=500, seed=1)
+    assert acc == pytest.approx(metrics.bootstrap_ci([float(p == t) for p, t in zip(predictions, targets)], resamples=500,
+                                                     seed=1))
+    with pytest.raises(ValueError, match="equally many"):
+        metrics.bootstrap_metric(macro, predictions, targets[:-1])
+
+
 def test_paired_tests_equal_scipy():
     from scipy.stats import binomtest, chi2
 

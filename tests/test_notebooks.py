@@ -320,6 +320,146 @@ def _leaks(exact=False, strict=False, same_position=False):
     return leaked_items
 
 
+def _macro(kind):
+    def macro_f1(matrix):
+        m = torch.as_tensor(matrix).double()
+        tp, pred, true = m.diag(), m.sum(0), m.sum(1)
+        if kind == "micro":
+            return float(tp.sum() / m.sum())
+        p = torch.where(pred > 0, tp / pred, torch.zeros_like(tp))
+        r = torch.where(true > 0, tp / true, torch.zeros_like(tp))
+        if kind == "f1 of averages":
+            return float(2 * p.mean() * r.mean() / (p.mean() + r.mean()))
+        if kind == "nan":
+            return float((2 * tp / pred * (tp / true) / (tp / pred + tp / true)).mean())
+        f1 = torch.where(pred + true > 0, 2 * tp / (pred + true).clamp_min(1e-300), torch.zeros_like(tp))
+        if kind == "weighted":
+            return float((f1 * true / true.sum()).sum())
+        if kind == "skip empty":
+            return float(f1[pred + true > 0].mean())
+        if kind == "floor":
+            return float((2 * tp // (pred + true).clamp_min(1)).mean())
+        raise ValueError(kind)
+    return macro_f1
+
+
+def _bootstrap(kind):
+    def bootstrap_interval(values, confidence=0.95, resamples=2000, seed=0):
+        data = torch.as_tensor(list(values), dtype=torch.float64)
+        n = len(data)
+        g = torch.Generator().manual_seed(seed)
+        if kind == "normal":
+            half = 1.959964 * data.std(unbiased=False).item() / math.sqrt(n)
+            return data.mean().item() - half, data.mean().item() + half
+        if kind == "without replacement":
+            idx = torch.stack([torch.randperm(n, generator=g) for _ in range(resamples)])
+        elif kind == "half samples":
+            idx = torch.randint(0, n, (resamples, max(1, n // 2)), generator=g)
+        elif kind == "global rng":
+            idx = torch.randint(0, n, (resamples, n))
+        else:
+            idx = torch.randint(0, n, (resamples, n), generator=g)
+        means = data[idx].mean(1)
+        alpha = {"not halved": 1 - confidence, "confidence ignored": 0.025}.get(kind, (1 - confidence) / 2)
+        return torch.quantile(means, alpha).item(), torch.quantile(means, 1 - alpha).item()
+    return bootstrap_interval
+
+
+def _mcnemar(kind):
+    def mcnemar_p(correct_a, correct_b):
+        a, b_ = [bool(x) for x in correct_a], [bool(x) for x in correct_b]
+        b = sum(x and not y for x, y in zip(a, b_))
+        c = sum(y and not x for x, y in zip(a, b_))
+        n = b + c
+        if kind == "unpaired":
+            pa, pb, m = sum(a) / len(a), sum(b_) / len(b_), len(a)
+            pool = (sum(a) + sum(b_)) / (2 * m)
+            se = math.sqrt(2 * pool * (1 - pool) / m) or 1.0
+            return math.erfc(abs(pa - pb) / se / math.sqrt(2))
+        if n == 0:
+            return 1.0
+        if kind in ("chi2", "chi2 corrected"):
+            stat = (abs(b - c) - (kind == "chi2 corrected")) ** 2 / n
+            return math.erfc(math.sqrt(stat / 2))
+        if kind == "floats":
+            tail = sum(math.comb(n, i) * 0.5 ** n for i in range(min(b, c) + 1))
+        else:
+            tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+        if kind == "one-sided":
+            return tail
+        return 2 * tail if kind == "uncapped" else min(1.0, 2 * tail)
+    return mcnemar_p
+
+
+def _rouge(kind):
+    import re
+    from functools import lru_cache
+
+    def lcs(x, y):
+        t = [[0] * (len(y) + 1) for _ in range(len(x) + 1)]
+        for i, a in enumerate(x):
+            for j, b in enumerate(y):
+                t[i + 1][j + 1] = t[i][j] + 1 if a == b else max(t[i][j + 1], t[i + 1][j])
+        return t[-1][-1]
+
+    def substring(x, y):
+        best = 0
+        for i in range(len(x)):
+            for j in range(len(y)):
+                k = 0
+                while i + k < len(x) and j + k < len(y) and x[i + k] == y[j + k]:
+                    k += 1
+                best = max(best, k)
+        return best
+
+    def recursive(x, y):
+        @lru_cache(maxsize=None)
+        def f(i, j):
+            if i == len(x) or j == len(y):
+                return 0
+            return f(i + 1, j + 1) + 1 if x[i] == y[j] else max(f(i + 1, j), f(i, j + 1))
+        return f(0, 0)
+
+    def rouge_l_f1(prediction, reference):
+        if kind == "characters":
+            p, r = list(prediction.lower()), list(reference.lower())
+        elif kind == "case kept":
+            p, r = re.sub(r"[^A-Za-z0-9]+", " ", prediction).split(), re.sub(r"[^A-Za-z0-9]+", " ", reference).split()
+        elif kind == "whitespace":
+            p, r = prediction.lower().split(), reference.lower().split()
+        elif kind == "word characters":
+            p, r = re.findall(r"\w+", prediction.lower()), re.findall(r"\w+", reference.lower())
+        else:
+            p, r = re.sub(r"[^a-z0-9]+", " ", prediction.lower()).split(), re.sub(r"[^a-z0-9]+", " ", reference.lower()).split()
+        if kind == "unigram overlap":
+            from collections import Counter
+            common = sum((Counter(p) & Counter(r)).values())
+        else:
+            common = {"substring": substring, "recursive": recursive}.get(kind, lcs)(p, r)
+        if not common:
+            return 0.0
+        precision, recall = common / len(p), common / len(r)
+        return precision if kind == "precision" else 2 * precision * recall / (precision + recall)
+    return rouge_l_f1
+
+
+def _perplexity(kind):
+    def perplexity_from_logprobs(logprobs, mask):
+        lp, m = logprobs.double(), torch.as_tensor(mask).double()
+        if kind == "sum":
+            return math.exp(-(lp * m).sum().item())
+        if kind == "padding included":
+            return math.exp(-lp.mean().item())
+        if kind in ("mean of sequence means", "mean of sequence perplexities"):
+            lp2, m2 = lp.reshape(-1, lp.shape[-1]), m.reshape(-1, m.shape[-1])
+            means = -(lp2 * m2).sum(-1) / m2.sum(-1).clamp_min(1)
+            means = means[m2.sum(-1) > 0]
+            return math.exp(means.mean().item()) if kind == "mean of sequence means" else means.exp().mean().item()
+        nll = -(lp * m).sum().item() / m.sum().item()
+        return {"base 2": 2 ** nll, "no minus sign": math.exp(-nll)}[kind]
+    return perplexity_from_logprobs
+
+
 WRONG = {
     ("02_data_preparation", "is_valid_chat"): {
         "only the first and last turns checked": _valid_chat(first_last_only=True),
@@ -349,6 +489,48 @@ WRONG = {
         "exact string comparison": _leaks(exact=True),
         "threshold exclusive": _leaks(strict=True),
         "compared with the same position only": _leaks(same_position=True),
+    },
+    ("06_evaluation", "macro_f1"): {
+        "micro-F1 (accuracy)": _macro("micro"),
+        "F1 of macro precision and macro recall": _macro("f1 of averages"),
+        "weighted by support": _macro("weighted"),
+        "NaN for a class never predicted": _macro("nan"),
+        "empty classes left out of the mean": _macro("skip empty"),
+        "floor division": _macro("floor"),
+    },
+    ("06_evaluation", "bootstrap_interval"): {
+        "normal approximation, not percentiles": _bootstrap("normal"),
+        "resampled without replacement": _bootstrap("without replacement"),
+        "samples of half the size": _bootstrap("half samples"),
+        "quantiles at 1 - confidence, not halved": _bootstrap("not halved"),
+        "confidence ignored": _bootstrap("confidence ignored"),
+        "seed ignored": _bootstrap("global rng"),
+    },
+    ("06_evaluation", "mcnemar_p"): {
+        "one-sided": _mcnemar("one-sided"),
+        "not capped at 1": _mcnemar("uncapped"),
+        "chi-square approximation": _mcnemar("chi2"),
+        "chi-square with continuity correction": _mcnemar("chi2 corrected"),
+        "unpaired two-proportion test": _mcnemar("unpaired"),
+        "binomial terms in floats": _mcnemar("floats"),
+    },
+    ("06_evaluation", "rouge_l_f1"): {
+        "LCS of characters": _rouge("characters"),
+        "longest common substring": _rouge("substring"),
+        "unigram overlap (ROUGE-1)": _rouge("unigram overlap"),
+        "case kept": _rouge("case kept"),
+        "split on whitespace only": _rouge("whitespace"),
+        "regex \\w keeps underscores": _rouge("word characters"),
+        "precision instead of F1": _rouge("precision"),
+        "recursive LCS": _rouge("recursive"),
+    },
+    ("06_evaluation", "perplexity_from_logprobs"): {
+        "summed NLL": _perplexity("sum"),
+        "padding included": _perplexity("padding included"),
+        "mean of per-sequence means": _perplexity("mean of sequence means"),
+        "mean of per-sequence perplexities": _perplexity("mean of sequence perplexities"),
+        "base 2": _perplexity("base 2"),
+        "no minus sign": _perplexity("no minus sign"),
     },
     ("01_when_to_finetune", "choose_approach"): {
         "first boundary inclusive (50 -> prompt)": _choose(first=lambda n: n <= 50),
@@ -492,3 +674,104 @@ def test_every_exercise_is_covered_by_wrong_answers():
         cells = grade_cells(read(ROOT / "solutions" / f"{name}.ipynb"))
         exercises = {gid for gid, c in cells.items() if c.metadata["nbgrader"]["solution"]}
         assert exercises == {e for n, e in WRONG if n == name}, name
+
+
+def _macro_numpy(matrix):
+    import numpy as np
+    m = np.asarray(torch.as_tensor(matrix).double().numpy())
+    tp = np.diag(m)
+    denominator = m.sum(0) + m.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(denominator > 0, 2 * tp / denominator, 0.0)
+    return f1.mean()  # a numpy float
+
+
+def _macro_loops(matrix):
+    rows = torch.as_tensor(matrix).tolist()
+    k, scores = len(rows), []
+    for c in range(k):
+        tp = rows[c][c]
+        fp = sum(rows[i][c] for i in range(k)) - tp
+        fn = sum(rows[c]) - tp
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        scores.append(2 * p * r / (p + r) if p + r else 0.0)
+    return sum(scores) / k
+
+
+def _bootstrap_python(values, confidence=0.95, resamples=2000, seed=0):
+    import random as _random
+    import statistics
+    data = [float(v) for v in values]
+    rng = _random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(data, k=len(data))) for _ in range(resamples))
+    alpha = (1 - confidence) / 2
+    return means[int(alpha * (resamples - 1))], means[int(round((1 - alpha) * (resamples - 1)))]
+
+
+def _bootstrap_numpy(values, confidence=0.95, resamples=2000, seed=0):
+    import numpy as np
+    data = np.asarray(torch.as_tensor(values, dtype=torch.float64) if torch.is_tensor(values) else values, dtype=float)
+    means = np.random.default_rng(seed).choice(data, size=(resamples, len(data)), replace=True).mean(1)
+    return tuple(np.percentile(means, [50 * (1 - confidence), 50 * (1 + confidence)]))
+
+
+def _mcnemar_scipy(correct_a, correct_b):
+    from scipy.stats import binomtest
+    b = sum(bool(x) and not bool(y) for x, y in zip(correct_a, correct_b))
+    c = sum(bool(y) and not bool(x) for x, y in zip(correct_a, correct_b))
+    return 1.0 if b + c == 0 else binomtest(min(b, c), b + c, 0.5).pvalue
+
+
+def _mcnemar_logspace(correct_a, correct_b):
+    pairs = [(bool(x), bool(y)) for x, y in zip(correct_a, correct_b)]
+    b, c = pairs.count((True, False)), pairs.count((False, True))
+    n = b + c
+    if n == 0:
+        return 1.0
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(min(b, c) + 1)]
+    top = max(logs)
+    return min(1.0, 2 * math.exp(top + math.log(sum(math.exp(x - top) for x in logs))))
+
+
+def _rouge_two_rows(prediction, reference):
+    import re
+    p = re.findall(r"[a-z0-9]+", prediction.lower())
+    r = re.findall(r"[a-z0-9]+", reference.lower())
+    previous = [0] * (len(r) + 1)
+    for x in p:
+        current = [0]
+        for j, y in enumerate(r):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[-1]))
+        previous = current
+    lcs = previous[-1]
+    return 0.0 if lcs == 0 else 2 * lcs / (len(p) + len(r))  # 2PR/(P+R) simplified
+
+
+def _perplexity_where(logprobs, mask):
+    m = torch.as_tensor(mask).to(torch.float64)
+    nll = -torch.where(m > 0, logprobs.double(), torch.zeros((), dtype=torch.float64)).sum() / m.sum()
+    return torch.exp(nll)  # a 0-d tensor
+
+
+def _perplexity_numpy(logprobs, mask):
+    import numpy as np
+    lp = logprobs.double().numpy()
+    keep = torch.as_tensor(mask).bool().numpy()
+    return np.exp(-lp[keep].mean())
+
+
+RIGHT = {
+    ("06_evaluation", "macro_f1"): {"numpy, returns a numpy float": _macro_numpy, "loops over lists": _macro_loops},
+    ("06_evaluation", "bootstrap_interval"): {"random.choices and sorted means": _bootstrap_python,
+                                              "numpy generator and percentile": _bootstrap_numpy},
+    ("06_evaluation", "mcnemar_p"): {"scipy's binomtest": _mcnemar_scipy, "log-space sum": _mcnemar_logspace},
+    ("06_evaluation", "rouge_l_f1"): {"two-row table, 2L/(k+m)": _rouge_two_rows},
+    ("06_evaluation", "perplexity_from_logprobs"): {"torch.where, 0-d tensor": _perplexity_where,
+                                                    "numpy boolean indexing": _perplexity_numpy},
+}
+
+
+@pytest.mark.parametrize("name, exercise, variant", [(n, e, v) for (n, e) in sorted(RIGHT) for v in sorted(RIGHT[n, e])])
+def test_correct_answers_written_differently_pass(smollm2, name, exercise, variant):
+    _run_tests(smollm2, name, exercise, {exercise: RIGHT[name, exercise][variant]})

@@ -3,8 +3,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from course_lib.plots import (moving_average, plot_accuracy, plot_dpo_runs, plot_loss, plot_nf4_levels,
-                              plot_perplexity_vs_memory, plot_reward_distributions)
+from course_lib.plots import (moving_average, plot_accuracy, plot_confusion_matrices, plot_dpo_runs, plot_intervals,
+                              plot_loss, plot_nf4_levels, plot_perplexity_vs_memory, plot_reward_distributions)
 
 
 def test_moving_average_is_trailing():
@@ -33,3 +33,14 @@ def test_alignment_plots_show_their_data():
     assert [ax.get_title() for ax in fig.axes] == ["before", "after"]
     chosen_counts = sum(p.get_height() for p in fig.axes[1].patches[:20])
     assert chosen_counts == 3
+
+
+def test_evaluation_plots_show_their_data():
+    fig = plot_confusion_matrices({"base": [[3, 1], [0, 2]], "tuned": [[4, 0], [1, 1]]}, ["a", "b"])
+    assert [ax.get_title() for ax in fig.axes] == ["base", "tuned"]
+    assert [t.get_text() for t in fig.axes[1].texts] == ["4", "0", "1", "1"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b"]
+    fig = plot_intervals({"A": (0.5, 0.4, 0.6), "B": (0.8, 0.7, 0.85)}, "accuracy")
+    ax = fig.axes[0]
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[0.4, 0.6], [0.5], [0.7, 0.85], [0.8]]
+    assert [t.get_text() for t in ax.texts] == ["0.500 [0.400, 0.600]", "0.800 [0.700, 0.850]"]

@@ -2,7 +2,8 @@
 import pytest
 
 from course_lib.memory import LLAMA2_7B, TransformerShape, lora_trainable
-from course_lib.widgets import lora_rank_explorer, lora_summary
+from course_lib.metrics import win_rate
+from course_lib.widgets import BlindComparison, lora_rank_explorer, lora_summary
 
 
 def test_summary_is_computed(tiny):
@@ -75,3 +76,46 @@ def test_monthly_costs_and_the_decision_explorer_follow_the_controls(monkeypatch
     assert verdict.value.startswith("<b>prompt engineering</b>") and "fewer than 50" in verdict.value
     prompt.value = 200  # a short prompt on the base model is cheaper per request than the fine-tune
     assert "never pays for itself" in verdict.value
+
+
+def test_blind_comparison_hides_sides_and_unblinds_ratings():
+    prompts = [f"ticket {i}" for i in range(40)]
+    base = [f"base reply {i}" for i in range(40)]
+    tuned = [f"tuned reply {i}" for i in range(40)]
+    panel = BlindComparison(prompts, base, tuned, names=("base", "fine-tuned"), seed=3)
+    assert 10 < sum(panel.b_on_left) < 30  # sides are shuffled per item
+    assert BlindComparison(prompts, base, tuned, seed=3).b_on_left == panel.b_on_left
+    assert "tuned" not in panel.buttons[0].description and "base" not in panel.buttons[0].description
+    # rate every item by clicking the side that shows the tuned reply, except three ties and two wins for base
+    for i in range(40):
+        page = panel._page.value
+        assert f"Pair {i + 1} of 40" in page and f"ticket {i}" in page
+        tuned_left = page.index(f"tuned reply {i}") < page.index(f"base reply {i}")
+        assert tuned_left == panel.b_on_left[i]
+        if i < 3:
+            panel.buttons[2].click()
+        elif i < 5:
+            panel.buttons[1 if tuned_left else 0].click()
+        else:
+            panel.buttons[0 if tuned_left else 1].click()
+    assert all(b.disabled for b in panel.buttons) and "All 40 pairs rated" in panel._page.value
+    with pytest.raises(ValueError, match="every item is rated"):
+        panel.rate("left")
+    metric_base, metric_tuned = [0.2] * 40, [0.5] * 40
+    metric_base[10] = 0.9  # the metric disagrees with the rater here and on the two base wins; equal scores are left out
+    metric_tuned[11] = metric_base[11]
+    r = panel.results(metric_base, metric_tuned)
+    assert (r["rated"], r["wins"], r["losses"], r["ties"]) == (40, 35, 2, 3)
+    assert (r["win_rate"], r["low"], r["high"]) == pytest.approx(win_rate(35, 2, 3))
+    assert r["metric_compared"] == 36 and r["metric_agreement"] == pytest.approx(33 / 36)
+
+
+def test_blind_comparison_checks_its_input():
+    with pytest.raises(ValueError, match="as many outputs"):
+        BlindComparison(["a", "b"], ["x"], ["y", "z"])
+    panel = BlindComparison(["a <b>"], ["<script>x</script>"], ["y"])
+    assert "<script>" not in panel._page.value and "&lt;script&gt;" in panel._page.value
+    with pytest.raises(ValueError, match="no pair is rated"):
+        panel.results()
+    with pytest.raises(ValueError, match="choice"):
+        panel.rate("A")
