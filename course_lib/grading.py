@@ -59,16 +59,20 @@ def assert_tensors_close(actual: object, expected: torch.Tensor, *, atol: float 
 
 
 def assert_number_close(actual: object, expected: float, *, atol: float = 1e-8, rtol: float = 1e-6,
-                        name: str = "result") -> None:
-    """Assert a real number (int, float, or a 0-d tensor) is within atol + rtol * |expected|."""
+                        name: str = "result", hint: str | None = None) -> None:
+    """Assert a real number (int, float, or a 0-d tensor) is within atol + rtol * |expected|. ``hint`` (written
+    for the learner, naming the likely mistake but not the input) is added to the message and is what a hidden
+    test may show, like :func:`check`'s message."""
     if type(actual) in _TENSOR_TYPES and actual.numel() == 1:
         actual = actual.item()
     if isinstance(actual, bool) or not isinstance(actual, numbers.Real):
-        raise GradingError(f"{name} should be a number, got {type(actual).__module__}.{type(actual).__name__}")
+        raise GradingError(f"{name} should be a number, got {type(actual).__module__}.{type(actual).__name__}"
+                           + (f". {hint}" if hint else ""), summary=hint)
     actual = float(actual)
     if math.isnan(actual) or abs(actual - expected) > atol + rtol * abs(expected):
         raise GradingError(f"{name} is {actual:.6g}, expected {expected:.6g} "
-                           f"(abs error {abs(actual - expected):.3g}; tolerance atol={atol:g}, rtol={rtol:g})")
+                           f"(abs error {abs(actual - expected):.3g}; tolerance atol={atol:g}, rtol={rtol:g})"
+                           + (f". {hint}" if hint else ""), summary=hint)
 
 
 def check(condition: bool, message: str) -> None:

@@ -56,6 +56,13 @@ def test_numbers():
     for impostor in (AlwaysEqual(), True, "4", float("nan")):
         with pytest.raises(GradingError):
             assert_number_close(impostor, 4.0)
+    with pytest.raises(GradingError) as err:  # no hint: a hidden test shows nothing of the comparison
+        assert_number_close(2, 4.0)
+    assert err.value.summary is None
+    for value in (2, "4"):  # a hint is the message a hidden test may show, wrong value or wrong type
+        with pytest.raises(GradingError, match="Average over classes") as err:
+            assert_number_close(value, 4.0, hint="Average over classes.")
+        assert err.value.summary == "Average over classes."
 
 
 def test_check_needs_a_real_true():
