@@ -77,8 +77,10 @@ def assert_number_close(actual: object, expected: float, *, atol: float = 1e-8, 
 
 def check(condition: bool, message: str) -> None:
     """Raise :class:`GradingError` with ``message`` (written for the learner) unless ``condition`` is True
-    (a Python bool or a one-element bool tensor; anything else fails)."""
+    (a Python bool, a numpy bool, or a one-element bool tensor; anything else fails)."""
     if type(condition) in _TENSOR_TYPES and condition.dtype == torch.bool and condition.numel() == 1:
+        condition = bool(condition)
+    elif type(condition).__module__ == "numpy" and type(condition).__name__ in ("bool_", "bool"):
         condition = bool(condition)
     if condition is not True:
         raise GradingError(message, summary=message)

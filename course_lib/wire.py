@@ -9,7 +9,8 @@ Requests are files the grader writes where the kernel can only read them; answer
 on the kernel's own message channel (:data:`ANSWER_MIME`), so the kernel never writes anywhere the grader
 reads. Every size is capped (message, items, depth, decoded tensor bytes).
 
-Supported values: None, bool, int, float (nan/inf too), str, torch.Tensor, list, tuple, dict with str keys,
+Supported values: None, bool, int, float (nan/inf too), str, torch.Tensor, list, tuple, dict with str keys
+(numpy booleans, integers and floats travel as bool, int and float, numpy arrays of numbers as tensors),
 the grader's named objects (``{"t": "ref"}``: the notebook's ``model`` and ``tokenizer``), and the modules
 nn.Identity, nn.Dropout and :class:`course_lib.grading.Scale`.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 
 import torch
 from torch import nn
@@ -48,6 +50,26 @@ class WireError(ValueError):
 def _type_name(value: object) -> str:
     kind = type(value)
     return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _from_numpy(value: object) -> object:
+    """A numpy scalar as the Python number it holds, a numpy array of numbers or booleans as a tensor; anything
+    else (numpy not imported, object or string arrays, dtypes torch lacks) as itself."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        try:
+            return torch.from_numpy(np.array(value, order="C", copy=True))
+        except (TypeError, RuntimeError):
+            return value
+    return value
 
 
 def encode(value: object, tensors: dict[str, torch.Tensor], refs: dict[int, str] | None = None,
@@ -83,6 +105,9 @@ def encode(value: object, tensors: dict[str, torch.Tensor], refs: dict[int, str]
         return {"t": "module", "cls": "Dropout", "p": float(value.p)}
     if kind is Scale:
         return {"t": "module", "cls": "Scale", "factor": float(value.factor)}
+    converted = _from_numpy(value)
+    if converted is not value:
+        return encode(converted, tensors, refs, depth)
     return {"t": "unsupported", "type": _type_name(value)}
 
 

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SAWarning
 from tqdm.auto import tqdm
 from traitlets.config import Config, PyFileConfigLoader
 
+from .authoring import skip_problems
 from .report import feedback_html, problems_html, write_csv, write_summary
 from .run import Result, blank_verdicts, grade_one
 from .sandbox import Limits, SandboxUnavailable, bwrap, run_folder, sweep_stale
@@ -349,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m grader", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("generate", help="regenerate notebooks/ from solutions/")
-    sub.add_parser("check", help="exit 1 if notebooks/ differs from what `generate` would write")
+    sub.add_parser("check", help="exit 1 if notebooks/ differs from what `generate` would write, or a cell "
+                                 "tagged skip-grading defines what grading needs")
     p = sub.add_parser("grade", help="grade a folder or zip of submissions in sandboxes; feedback, CSV, summary")
     p.add_argument("submissions", type=Path, help="folder or zip of <student>/<notebook>.ipynb")
     p.add_argument("--out", type=Path, default=Path("grading"), help="where feedback/, grades.csv, summary.md go")
@@ -360,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--memory-mb", type=int, default=Limits.memory_mb, help="memory limit per submission")
     p.add_argument("--cell-timeout", type=int, default=Limits.cell_timeout_s, help="seconds per cell")
     p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_timeout_s, help="seconds per submission: its notebook, restarts and every call of the tests")
+    p.add_argument("--run-all-cells", action="store_true",
+                   help="also run the cells the course tags skip-grading (demos, training runs): slower")
     p = sub.add_parser("export", help="export the gradebook to CSV (nbgrader's format)")
     p.add_argument("--out", type=Path, default=Path("grading"), help="nbgrader_grades.csv goes here")
     p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder")
@@ -372,10 +376,15 @@ def main(argv: list[str] | None = None) -> None:
             stale = stale_notebooks()
             if stale:
                 sys.exit(f"stale learner notebooks: {stale}; run `make notebooks`")
-            print("notebooks/ is up to date with solutions/")
+            problems = {name: skip_problems(nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4))
+                        for name in assignment_names()}
+            if any(problems.values()):
+                sys.exit("cells tagged skip-grading that grading needs: " +
+                         "; ".join(f"{n}: {p}" for n, ps in problems.items() for p in ps))
+            print("notebooks/ is up to date with solutions/, and every skip-grading tag is safe")
         elif args.command == "grade":
             limits = Limits(memory_mb=args.memory_mb, cell_timeout_s=args.cell_timeout,
-                            notebook_timeout_s=args.notebook_timeout)
+                            notebook_timeout_s=args.notebook_timeout, run_marked_cells=args.run_all_cells)
             results = grade(args.submissions, args.out, args.course, args.jobs, not args.unsandboxed, limits)
             print(f"graded {len(results)} notebooks: {args.out / 'grades.csv'}, {args.out / 'summary.md'}, "
                   f"feedback in {args.out / 'feedback'}")

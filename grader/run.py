@@ -43,11 +43,13 @@ from course_lib.grading import GradingError
 from course_lib.models import cache_dir
 from course_lib.tripwire import TAMPERING
 
+from .authoring import is_skipped
 from .sandbox import Limits, Sandbox
 
 MAX_NOTEBOOK_BYTES = 20 * 2**20
 MAX_KERNEL_MESSAGE = wire.MAX_MESSAGE_BYTES * 2  # one message from a kernel (an answer is base64: 4/3 of its bytes)
 HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS\n?", re.S)
+SKIPPED_OUTPUT = "[not run when grading: the course marks this cell as not needed for grading]\n"
 
 
 class SubmissionError(ValueError):
@@ -315,7 +317,7 @@ class KernelSession:
         self.private = folder / "private"
         self.private.mkdir(mode=0o755)
         (self.private / "calls").mkdir(mode=0o755)
-        self.calls = self.restarts = 0
+        self.calls = self.restarts = self.skipped = 0
         self.dead = False
         self.notes: list[str] = []
         self.deadline = time.monotonic() + limits.notebook_timeout_s
@@ -363,9 +365,14 @@ class KernelSession:
         return self.deadline - time.monotonic()
 
     def _execute(self, nb: nbformat.NotebookNode, keep_notes: bool) -> bool:
-        """Run the code cells of ``nb``; False if one ran past a limit or the kernel died (then it is killed)."""
+        """Run the code cells of ``nb`` but those marked ``skip-grading`` (unless ``limits.run_marked_cells``);
+        False if one ran past a limit or the kernel died (then it is killed)."""
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
+                continue
+            if is_skipped(cell) and not self.limits.run_marked_cells:
+                cell.outputs = [new_output("stream", name="stdout", text=SKIPPED_OUTPUT)]
+                self.skipped += keep_notes
                 continue
             if self._left() <= 1:
                 self.notes.append(f"the submission ran past its {self.limits.notebook_timeout_s} s limit; "
@@ -403,10 +410,13 @@ class KernelSession:
             self.dead = True
 
     def run_notebook(self, nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]]:
-        """Execute every cell of ``nb`` in the kernel :meth:`launch` started for it (errors do not stop it),
+        """Execute the cells of ``nb`` in the kernel :meth:`launch` started for it (errors do not stop it),
         within the per-cell and whole-submission limits."""
         if not self._execute(nb, keep_notes=True):
             self._restart()
+        if self.skipped:
+            self.notes.append(f"{self.skipped} cells that the course marks as not needed for grading (demos, "
+                              "training runs, measurements) were not run; they do not change your grade")
         return nb, self.notes
 
     def _request(self, message: dict, tensors: dict[str, torch.Tensor]) -> Path:
@@ -722,7 +732,7 @@ def _grade_into(result: Result, path: Path, release_nb, solution_nb, work: Path,
     try:
         sandbox = Sandbox.create(limits) if sandboxed else None
         first = next((i for i, c in enumerate(nb.cells) if _grade_id(c)), len(nb.cells))
-        minimal = [c.source for i, c in enumerate(nb.cells) if c.cell_type == "code" and
+        minimal = [c.source for i, c in enumerate(nb.cells) if c.cell_type == "code" and not is_skipped(c) and
                    (i < first or c.get("metadata", {}).get("nbgrader", {}).get("solution"))]
         session = KernelSession(folder, limits, sandbox, minimal)
         try:

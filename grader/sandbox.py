@@ -61,6 +61,7 @@ class Limits:
     call_timeout_s: int = 60       # one call of a learner's function by the tests
     notebook_timeout_s: int = 1200  # the whole submission: its notebook, restarts and every call of the tests
     threads: int = 0               # torch/OpenMP/MKL threads of the kernel; 0: as many as cores
+    run_marked_cells: bool = False  # also run the cells tagged skip-grading (demos, training runs)
 
 
 class SandboxUnavailable(RuntimeError):

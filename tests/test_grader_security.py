@@ -94,6 +94,8 @@ def _cases(paths: dict) -> dict:
                                   3, ""),
         "honest_says_the_name": (_answers(scale='def lora_scale(alpha, r):\n    """Unlike lora.lora_scaling, mine."""\n'
                                           '    print("lora_scaling", "lora.lora_scaling")\n    return alpha / r'), 3, ""),
+        "honest_numpy": (_answers(scale="import numpy as np\ndef lora_scale(alpha, r):\n    return np.float64(alpha) / np.int64(r)"),
+                         3, ""),
         "infinite_loop": (_answers(scale="def lora_scale(alpha, r):\n    while True:\n        pass"), 2,
                           "no answer within"),
         "endless_print": (_answers(scale=GOOD_SCALE + "\nwhile True:\n    print('spam' * 100)"), 0, "was stopped"),

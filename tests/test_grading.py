@@ -66,8 +66,13 @@ def test_numbers():
 
 
 def test_check_needs_a_real_true():
+    import numpy as np
+
     check(True, "unused")
     check(torch.tensor(True), "unused")
+    check(np.bool_(True), "unused")  # what numpy comparisons return
+    with pytest.raises(GradingError, match="numpy false"):
+        check(np.bool_(False), "numpy false")
     for falsy in (False, AlwaysEqual(), 1, torch.tensor([True, True])):
         with pytest.raises(GradingError, match="B must start at zero"):
             check(falsy, "B must start at zero")

@@ -26,6 +26,20 @@ def test_plain_values_round_trip_exactly():
     assert grad.requires_grad and type(grad) is torch.Tensor
 
 
+def test_numpy_values_cross_as_python_numbers_and_tensors():
+    import numpy as np
+
+    back = _roundtrip([np.float64(0.25), np.float32(1.5), np.int64(7), np.bool_(True), np.arange(6.0).reshape(2, 3),
+                       np.array([True, False]), np.array(3, dtype=np.int32), np.array(["a", "b"]),
+                       np.array([object()], dtype=object)])
+    assert back[:4] == [0.25, 1.5, 7, True] and [type(b) for b in back[:4]] == [float, float, int, bool]
+    assert type(back[4]) is torch.Tensor and back[4].dtype == torch.float64 and back[4].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert back[5].dtype == torch.bool and back[6].dtype == torch.int32 and back[6].shape == ()
+    assert isinstance(back[7], wire.Unsupported) and isinstance(back[8], wire.Unsupported)
+    strided = np.arange(12.0).reshape(3, 4)[:, ::2]  # a non-contiguous view travels as its values
+    assert _roundtrip(strided).tolist() == strided.tolist()
+
+
 def test_objects_that_are_not_data_come_back_as_unsupported_markers():
     class Liar:
         def __eq__(self, other):
