@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -87,12 +88,16 @@ def check(condition: bool, message: str) -> None:
 
 
 class Scale(nn.Module):
-    """Multiplies its input by a constant: a deterministic stand-in for dropout in tests (what a function
-    does with its ``dropout`` argument becomes visible in the output)."""
+    """Multiplies its input by a constant, or its last dimension by fixed per-feature factors: a deterministic
+    stand-in for dropout in tests (what a function does with its ``dropout`` argument becomes visible in the
+    output). A scalar commutes with every linear map, so only per-feature factors (like dropout's per-element
+    mask) show *where* on a path the dropout is applied."""
 
-    def __init__(self, factor: float):
+    def __init__(self, factor: float | Sequence[float]):
         super().__init__()
-        self.factor = factor
+        self.factor = float(factor) if isinstance(factor, numbers.Real) else [float(f) for f in factor]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.factor * x
+        if isinstance(self.factor, float):
+            return self.factor * x
+        return x * torch.tensor(self.factor, dtype=x.dtype, device=x.device)

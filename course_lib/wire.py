@@ -104,7 +104,7 @@ def encode(value: object, tensors: dict[str, torch.Tensor], refs: dict[int, str]
     if kind is nn.Dropout:
         return {"t": "module", "cls": "Dropout", "p": float(value.p)}
     if kind is Scale:
-        return {"t": "module", "cls": "Scale", "factor": float(value.factor)}
+        return {"t": "module", "cls": "Scale", "factor": value.factor}
     converted = _from_numpy(value)
     if converted is not value:
         return encode(converted, tensors, refs, depth)
@@ -167,7 +167,13 @@ def decode(obj: object, tensors: dict[str, torch.Tensor], refs: dict[str, object
             if cls == "Dropout":
                 return nn.Dropout(float(obj["p"]))
             if cls == "Scale":
-                return Scale(float(obj["factor"]))
+                factor = obj["factor"]
+                if type(factor) is list:
+                    budget.spend(len(factor))
+                    if not all(type(f) in (int, float) for f in factor):
+                        raise TypeError("factors must be numbers")
+                    return Scale(factor)
+                return Scale(float(factor))
         except (KeyError, TypeError, ValueError) as err:
             raise WireError(f"malformed module {cls!r}") from err
     if tag == "unsupported":

@@ -111,9 +111,9 @@ _I = torch.nn.Identity()
 _levels = lambda: __import__("course_lib.quant", fromlist=["NF4_LEVELS"]).NF4_LEVELS
 
 
-def _int8(round_fn=torch.round, use_max=False, qmax=127, dtype=torch.int8):
+def _int8(round_fn=torch.round, use_max=False, qmax=127, dtype=torch.int8, scale_fn=None):
     def quantize(w):
-        scale = (w.max() if use_max else w.abs().max()) / qmax
+        scale = (scale_fn(w) if scale_fn else w.max() if use_max else w.abs().max()) / qmax
         return round_fn(w / scale).clamp(-qmax, qmax).to(dtype), scale
     return {"absmax_quantize_int8": quantize}
 
@@ -148,23 +148,33 @@ def _sft(start_at_header=False, stop_offset=1, last_only=False, all_tokens=False
 
 def _logprob(shift=True, mask=True, log=True, average_mode="flag"):
     def response_logprob(logits, labels, average=False):
-        targets, scores = (labels[:, 1:], logits[:, :-1]) if shift else (labels, logits)
+        if shift == "roll":
+            targets, scores = torch.roll(labels, -1, dims=1), logits
+        else:
+            targets, scores = (labels[:, 1:], logits[:, :-1]) if shift else (labels, logits)
         keep = (targets != IGNORE_INDEX) if mask else torch.ones_like(targets, dtype=torch.bool)
-        probs = torch.log_softmax(scores.float(), -1) if log else torch.softmax(scores.float(), -1)
+        if log == "log of softmax":
+            probs = torch.log(torch.softmax(scores.float(), -1))
+        else:
+            probs = torch.log_softmax(scores.float(), -1) if log else torch.softmax(scores.float(), -1)
         token = probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * keep
-        mean = average if average_mode == "flag" else average_mode == "always mean"
+        if average_mode == "mean over every position" and average:
+            return token.sum(-1) / targets.shape[-1]
+        mean = average if average_mode in ("flag", "mean over every position") else average_mode == "always mean"
         return token.sum(-1) / keep.sum(-1) if mean else token.sum(-1)
     return {"response_logprob": response_logprob}
 
 
-def _dpo(swap=False, beta_outside=False, no_ref=False, sigmoid=False, reward_beta=True, detach=True, total=False):
+def _dpo(swap=False, beta_outside=False, no_ref=False, sigmoid=False, reward_beta=True, detach=True, total=False,
+         unstable=False):
     def dpo_loss(pc, pr, rc, rr, beta):
         if swap:
             pc, pr, rc, rr = pr, pc, rr, rc
         cl, rl = (pc, pr) if no_ref else (pc - rc, pr - rr)
         h = cl - rl
         per_pair = -beta * F.logsigmoid(h) if beta_outside else (
-            -torch.sigmoid(beta * h) if sigmoid else -F.logsigmoid(beta * h))
+            -torch.sigmoid(beta * h) if sigmoid else
+            -torch.log(torch.sigmoid(beta * h)) if unstable else -F.logsigmoid(beta * h))
         scale = beta if reward_beta else 1.0
         cr, rrw = scale * (pc - rc), scale * (pr - rr)
         if detach:
@@ -594,6 +604,12 @@ WRONG = {
             x @ W.T + (0 if b is None else b) + (alpha / r) * (x @ A.T @ B.T),
         "bias dropped": lambda x, W, b, A, B, alpha, r, dropout=_I:
             x @ W.T + (alpha / r) * (dropout(x) @ A.T @ B.T),
+        "integer division alpha // r": lambda x, W, b, A, B, alpha, r, dropout=_I:
+            x @ W.T + (0 if b is None else b) + (alpha // r) * (dropout(x) @ A.T @ B.T),
+        "dropout after A": lambda x, W, b, A, B, alpha, r, dropout=_I:
+            x @ W.T + (0 if b is None else b) + (alpha / r) * (dropout(x @ A.T) @ B.T),
+        "dropout on the update": lambda x, W, b, A, B, alpha, r, dropout=_I:
+            x @ W.T + (0 if b is None else b) + (alpha / r) * dropout(x @ A.T @ B.T),
     },
     ("03_lora_basics", "merge_lora_weight"): {
         "transposed update": lambda W, A, B, alpha, r: W + (alpha / r) * (B @ A).T
@@ -607,6 +623,8 @@ WRONG = {
         "128 levels": _int8(qmax=128),
         "int16 codes": _int8(dtype=torch.int16),
         "dequantize forgets the scale": {"absmax_dequantize_int8": lambda q, scale: q.float()},
+        "scale from the negative end": _int8(scale_fn=lambda w: w.min().abs()),
+        "scale per row": _int8(scale_fn=lambda w: w.abs().amax(dim=-1, keepdim=True)),
     },
     ("04_quantization", "nf4_block"): {
         "forgets the block constant": _nf4(divide=False),
@@ -633,6 +651,9 @@ WRONG = {
         "softmax instead of log_softmax": _logprob(log=False),
         "mean instead of sum": _logprob(average_mode="always mean"),
         "sum instead of mean": _logprob(average_mode="always sum"),
+        "shift with torch.roll": _logprob(shift="roll"),
+        "log of softmax (unstable)": _logprob(log="log of softmax"),
+        "mean over every position": _logprob(average_mode="mean over every position"),
     },
     ("05_sft_rlhf_dpo", "bradley_terry"): {
         "chosen and rejected swapped": {"bradley_terry_loss": lambda c, r: -F.logsigmoid(r - c).mean()},
@@ -648,6 +669,7 @@ WRONG = {
         "implicit rewards without beta": _dpo(reward_beta=False),
         "implicit rewards not detached": _dpo(detach=False),
         "loss summed over pairs": _dpo(total=True),
+        "log of sigmoid (unstable)": _dpo(unstable=True),
     },
 }
 for (_name, _exercise), _answers in WRONG.items():  # a bare function replaces the exercise's function
@@ -667,6 +689,20 @@ def test_hidden_tests_reject_wrong_answer(smollm2, name, exercise, mistake):
         _run_tests(smollm2, name, exercise, WRONG[name, exercise][mistake])
     if isinstance(err.value, GradingError):
         assert len(str(err.value)) > 20  # the learner is told what is wrong
+
+
+@pytest.mark.parametrize("name, exercise", sorted(WRONG))
+def test_an_exercises_tests_never_call_the_learners_other_answers(smollm2, name, exercise):
+    # Every other exercise unanswered (as in a fresh learner notebook): this exercise's tests still pass.
+    from grader.run import defined_functions
+
+    def unanswered(*args, **kwargs):
+        raise NotImplementedError("another exercise's answer was called")
+
+    cells = grade_cells(read(ROOT / "solutions" / f"{name}.ipynb"))
+    others = {f: unanswered for gid, c in cells.items() if c.metadata["nbgrader"]["solution"] and gid != exercise
+              for f in defined_functions(c.source)}
+    _run_tests(smollm2, name, exercise, others)
 
 
 def test_every_exercise_is_covered_by_wrong_answers():
