@@ -20,7 +20,7 @@ cannot be sealed (documented in the README).
 
 Limits (:class:`Limits`): address space, CPU time, file size and core dumps by rlimit (``prlimit``); memory and
 process count by cgroup (v1 ``memory`` and ``pids`` controllers, or v2) where the grader may create cgroups;
-disk by the tmpfs sizes; wall-clock time and output by the grader (:mod:`grader.run`).
+disk by the tmpfs sizes; wall-clock time and output by the grader (:mod:`grader.kernel`).
 """
 from __future__ import annotations
 

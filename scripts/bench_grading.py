@@ -29,7 +29,8 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from grader.course import SOLUTIONS, assignment_names, grade, open_course, release  # noqa: E402
+from grader.batch import grade  # noqa: E402
+from grader.gradebook import SOLUTIONS, assignment_names, open_course, release  # noqa: E402
 from grader.sandbox import Limits  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "data" / "fixture_course"

@@ -4,7 +4,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from grader.authoring import SKIP_TAG, is_skipped, skip_problems
-from grader.course import assignment_names
+from grader.gradebook import assignment_names
 from notebook_tools import ROOT, read
 
 

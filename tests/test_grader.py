@@ -8,7 +8,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.course import GraderError, assignment_names, find_submissions, grade
+from grader.batch import grade
+from grader.gradebook import GraderError, assignment_names
+from grader.submissions import find_submissions
 from notebook_tools import ROOT, filled_submission, read, with_answers
 
 
@@ -82,7 +84,7 @@ def test_grading_refuses_without_a_sandbox_unless_told(tmp_path, monkeypatch):
 def test_zip_submissions_are_unpacked_safely(tmp_path):
     import zipfile
 
-    from grader.course import unpack
+    from grader.submissions import unpack
 
     good = tmp_path / "good.zip"
     with zipfile.ZipFile(good, "w") as z:
@@ -106,7 +108,7 @@ def test_forked_workers_run_torch_after_the_grader_used_its_thread_pool():
 
     probe = """
 import torch
-from grader.course import workers
+from grader.batch import workers
 from course_lib.models import use_cores
 
 def work(_):
@@ -129,7 +131,7 @@ if __name__ == "__main__":
 def test_grading_again_gives_the_same_grades_and_one_gradebook_entry_each(tmp_path):
     import shutil
 
-    from grader.course import open_course, release
+    from grader.gradebook import open_course, release
 
     fixture = ROOT / "tests" / "data" / "fixture_course"
     solutions = tmp_path / "solutions"
@@ -154,8 +156,8 @@ def test_grading_again_gives_the_same_grades_and_one_gradebook_entry_each(tmp_pa
 def test_rebuild_restores_locked_cells_and_keeps_the_learners_own_cells_in_place(tmp_path):
     import shutil
 
-    from grader.course import open_course, release
-    from grader.run import rebuild
+    from grader.gradebook import open_course, release
+    from grader.rebuild import rebuild
 
     solutions = tmp_path / "solutions"
     shutil.copytree(ROOT / "tests" / "data" / "fixture_course", solutions)
@@ -185,7 +187,7 @@ def test_rebuild_restores_locked_cells_and_keeps_the_learners_own_cells_in_place
 def _fixture_batch(tmp_path, answers: dict) -> tuple:
     import shutil
 
-    from grader.course import open_course, release
+    from grader.gradebook import open_course, release
 
     solutions = tmp_path / "solutions"
     shutil.copytree(ROOT / "tests" / "data" / "fixture_course", solutions)
@@ -214,7 +216,7 @@ def test_a_zip_kept_anywhere_on_the_machine_is_graded(tmp_path):
 
 
 def test_a_machine_that_cannot_start_kernels_stops_the_run_and_records_nothing(tmp_path, monkeypatch):
-    from grader.run import KernelSession
+    from grader.kernel import KernelSession
 
     solutions, subs = _fixture_batch(tmp_path, {"lora_scale": "def lora_scale(alpha, r):\n    return alpha / r"})
     out, course = tmp_path / "out", tmp_path / "course"

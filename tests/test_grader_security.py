@@ -21,7 +21,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.course import grade, open_course, release
+from grader.batch import grade
+from grader.gradebook import open_course, release
 from grader.sandbox import Limits
 from notebook_tools import ROOT, with_answers
 

@@ -10,7 +10,7 @@ from nbclient.exceptions import CellExecutionError
 
 from course_lib.classify import IGNORE_INDEX
 from course_lib.grading import GradingError
-from grader.course import assignment_names, stale_notebooks
+from grader.gradebook import assignment_names, stale_notebooks
 from notebook_tools import ROOT, grade_cells, hidden_regions, read
 
 NAMES = assignment_names()
@@ -694,7 +694,7 @@ def test_hidden_tests_reject_wrong_answer(smollm2, name, exercise, mistake):
 @pytest.mark.parametrize("name, exercise", sorted(WRONG))
 def test_an_exercises_tests_never_call_the_learners_other_answers(smollm2, name, exercise):
     # Every other exercise unanswered (as in a fresh learner notebook): this exercise's tests still pass.
-    from grader.run import defined_functions
+    from grader.verdicts import defined_functions
 
     def unanswered(*args, **kwargs):
         raise NotImplementedError("another exercise's answer was called")

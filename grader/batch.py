@@ -1,0 +1,157 @@
+"""Grading a batch: every submission in worker processes, then the gradebook, feedback and reports.
+
+One machine: ``--jobs N`` forked workers, each kernel with its share of the cores. Several machines: the same
+command per shard (``--shard K/N``, e.g. a Slurm or Kubernetes job array), each writing its results to a shard
+file, then ``merge`` records them into the one gradebook and writes the reports.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import nbformat
+import torch
+from tqdm.auto import tqdm
+
+
+from .gradebook import DEFAULT_COURSE, SOLUTIONS, GraderError, export, open_course, record, release
+from .report import feedback_html, problems_html, write_csv, write_summary
+from .run import grade_one
+from .sandbox import Limits, SandboxUnavailable, bwrap, run_folder, sweep_stale
+from .submissions import find_submissions, unpack
+from .verdicts import Result, blank_verdicts
+
+def _grade_task(task: tuple) -> Result:
+    return grade_one(*task)
+
+
+def _start_worker() -> None:
+    """Start of a forked worker. It keeps to one torch thread, and tells a notebook's set-up (``use_cores``) so
+    through OMP_NUM_THREADS: GNU OpenMP hangs in a forked child that goes parallel once its parent has used the
+    thread pool. Its work is light (the tests); the kernels, which do the heavy work, are fresh processes with
+    their own share of the cores. It also gets an event loop of its own: the inherited one shares the grader's
+    epoll instance."""
+    from jupyter_core.utils import ensure_event_loop
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    ensure_event_loop().close()
+
+
+def workers(jobs: int) -> ProcessPoolExecutor:
+    """Worker processes for --jobs: forked where the platform allows (everything is already imported, so a
+    worker starts at once), spawned otherwise."""
+    if "fork" in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker)
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _run_tasks(tasks: list[tuple], jobs: int, progress: bool) -> list[Result]:
+    """Grade every task, in this process or ``jobs`` forked workers. A worker that dies (or any failure outside
+    :func:`grade_one`, which never raises) costs only its own submissions: they come back as problems."""
+    results: list[Result] = []
+    bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
+    if jobs == 1 or len(tasks) <= 1:
+        for task in tasks:
+            results.append(_grade_task(task))
+            bar.update()
+    else:
+        with workers(jobs) as pool:
+            futures = [pool.submit(_grade_task, task) for task in tasks]
+            for task, future in zip(tasks, futures):
+                try:
+                    results.append(future.result())
+                except Exception as err:
+                    failed = Result(task[0], task[1], problem="the grader's worker failed while grading this "
+                                    "notebook; tell your instructor",
+                                    infrastructure=f"worker failed ({type(err).__name__})")
+                    failed.exercises = blank_verdicts(nbformat.read(task[4], as_version=4), "Not graded: " + failed.problem)
+                    results.append(failed)
+                bar.update()
+    bar.close()
+    return results
+
+
+def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int = 1, sandboxed: bool = True,
+          limits: Limits = Limits(), solutions: Path = SOLUTIONS, progress: bool = True) -> list[Result]:
+    """Grade every submission in a folder or zip: sandboxed execution, verdicts decided outside the kernel,
+    feedback in ``out/feedback/<student>/<notebook>.html``, ``out/grades.csv`` (a row per student, a column
+    per notebook and exercise), ``out/summary.md`` + ``out/score_distribution.png``, ``out/scores.json``, and
+    the scores in nbgrader's gradebook (``out/nbgrader_grades.csv`` is nbgrader's export of it).
+    Raises :class:`GraderError`, recording nothing, when every submission failed for a reason of the machine's
+    (e.g. no kernel could start): that is not a class of zeros."""
+    if sandboxed:
+        try:
+            bwrap()
+        except SandboxUnavailable as err:
+            raise GraderError(str(err)) from err
+    if jobs < 1:
+        raise GraderError(f"--jobs must be at least 1, got {jobs}")
+    sweep_stale()
+    out.mkdir(parents=True, exist_ok=True)
+    api = open_course(course)
+    work = Path(api.coursedir.root) / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, mode=0o700)
+    unpacked = work / "unpacked"
+    unpacked.mkdir()
+    run_root = run_folder()  # the kernels' private folders: grader-owned, under a short path
+    try:
+        folder = unpack(submissions, unpacked)
+        found, problems, rejected = find_submissions(folder, solutions)
+        problems_by_student: dict[str, list[str]] = {}
+        for problem in problems:
+            problems_by_student.setdefault(problem.split("/")[0].split(":")[0], []).append(problem)
+        students = sorted({s.student for s in found} | set(problems_by_student))
+        if not found and not problems and not rejected:
+            raise GraderError(f"no course notebooks found under {submissions}")
+        names = sorted({s.assignment for s in found})
+        if jobs > 1:  # kernels side by side share the cores
+            limits = replace(limits, threads=limits.threads or max(1, (os.cpu_count() or 1) // jobs))
+        released = release(api, names, solutions) if names else {}
+        tasks = [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
+                  run_root, limits, sandboxed,
+                  Path(api.coursedir.root) / "autograded" / s.student / s.assignment / f"{s.assignment}.ipynb")
+                 for s in found]
+        results = _run_tasks(tasks, jobs, progress)
+        broken = [r for r in results if r.infrastructure]
+        if results and len(broken) == len(results):
+            reasons = sorted({r.infrastructure for r in broken})
+            raise GraderError(f"no submission could be graded, for a reason of this machine, not the submissions "
+                              f"(nothing was recorded): {'; '.join(reasons)[:1000]}")
+        record(api, results)
+        write_reports(results, students, problems_by_student, rejected, out)
+        if names:
+            export(api, out / "nbgrader_grades.csv")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(run_root, ignore_errors=True)
+    return results
+
+
+def write_reports(results: list[Result], students: list[str], problems_by_student: dict[str, list[str]],
+                  rejected: list[str], out: Path) -> None:
+    """Feedback pages, problems pages, grades.csv, summary.md and scores.json under ``out``."""
+    feedback_dir = out / "feedback"
+    shutil.rmtree(feedback_dir, ignore_errors=True)
+    for r in results:
+        target = feedback_dir / r.student / f"{r.notebook}.html"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(feedback_html(r), encoding="utf-8")
+    for student, items in problems_by_student.items():
+        (feedback_dir / student).mkdir(parents=True, exist_ok=True)
+        (feedback_dir / student / "problems.html").write_text(problems_html(student, items), encoding="utf-8")
+    if rejected:
+        (out / "problems.html").write_text(problems_html("this batch (no student)", rejected), encoding="utf-8")
+    elif (out / "problems.html").exists():
+        (out / "problems.html").unlink()
+    write_csv(results, students, out / "grades.csv")
+    write_summary(results, out, rejected)
+    summary = {f"{r.student}/{r.notebook}": {**{e.grade_id: e.points for e in r.exercises}, "total": r.score}
+               for r in results}
+    (out / "scores.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,73 @@
+"""Instructor commands: nbgrader for release, gradebook and export; sandboxed execution and trusted verdicts ours.
+
+    python -m grader generate                                 # solutions/*.ipynb -> notebooks/ (learner versions)
+    python -m grader check                                    # fail if notebooks/ is stale
+    python -m grader grade SUBMISSIONS --out DIR [--jobs N]   # grade, feedback, grades.csv, summary
+    python -m grader export --out DIR                         # nbgrader's CSV export of the gradebook
+
+SUBMISSIONS is a folder or zip of ``<student>/<notebook>.ipynb`` (any subset of the course's notebooks).
+Each notebook is one nbgrader assignment of the same name (:mod:`grader.gradebook`). How one submission is
+graded: :mod:`grader.run` (:mod:`~grader.rebuild`, :mod:`~grader.kernel`, :mod:`~grader.verdicts`); a batch:
+:mod:`grader.batch`; the sandbox: :mod:`grader.sandbox`; rules for exercise authors: ``grader/AUTHORING.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nbformat
+
+
+from .authoring import skip_problems
+from .batch import grade
+from .gradebook import (DEFAULT_COURSE, ROOT, SOLUTIONS, GraderError, assignment_names, export, generate,
+                        open_course, stale_notebooks)
+from .sandbox import Limits
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m grader", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("generate", help="regenerate notebooks/ from solutions/")
+    sub.add_parser("check", help="exit 1 if notebooks/ differs from what `generate` would write, or a cell "
+                                 "tagged skip-grading defines what grading needs")
+    p = sub.add_parser("grade", help="grade a folder or zip of submissions in sandboxes; feedback, CSV, summary")
+    p.add_argument("submissions", type=Path, help="folder or zip of <student>/<notebook>.ipynb")
+    p.add_argument("--out", type=Path, default=Path("grading"), help="where feedback/, grades.csv, summary.md go")
+    p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder (gradebook)")
+    p.add_argument("--jobs", type=int, default=1, help="grade this many submissions in parallel")
+    p.add_argument("--unsandboxed", action="store_true",
+                   help="run submissions without the bubblewrap sandbox (only for trusted submissions)")
+    p.add_argument("--memory-mb", type=int, default=Limits.memory_mb, help="memory limit per submission")
+    p.add_argument("--cell-timeout", type=int, default=Limits.cell_timeout_s, help="seconds per cell")
+    p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_timeout_s, help="seconds per submission: its notebook, restarts and every call of the tests")
+    p.add_argument("--run-all-cells", action="store_true",
+                   help="also run the cells the course tags skip-grading (demos, training runs): slower")
+    p = sub.add_parser("export", help="export the gradebook to CSV (nbgrader's format)")
+    p.add_argument("--out", type=Path, default=Path("grading"), help="nbgrader_grades.csv goes here")
+    p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            for path in generate():
+                print(f"wrote {path.relative_to(ROOT)}")
+        elif args.command == "check":
+            stale = stale_notebooks()
+            if stale:
+                sys.exit(f"stale learner notebooks: {stale}; run `make notebooks`")
+            problems = {name: skip_problems(nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4))
+                        for name in assignment_names()}
+            if any(problems.values()):
+                sys.exit("cells tagged skip-grading that grading needs: " +
+                         "; ".join(f"{n}: {p}" for n, ps in problems.items() for p in ps))
+            print("notebooks/ is up to date with solutions/, and every skip-grading tag is safe")
+        elif args.command == "grade":
+            limits = Limits(memory_mb=args.memory_mb, cell_timeout_s=args.cell_timeout,
+                            notebook_timeout_s=args.notebook_timeout, run_marked_cells=args.run_all_cells)
+            results = grade(args.submissions, args.out, args.course, args.jobs, not args.unsandboxed, limits)
+            print(f"graded {len(results)} notebooks: {args.out / 'grades.csv'}, {args.out / 'summary.md'}, "
+                  f"feedback in {args.out / 'feedback'}")
+        elif args.command == "export":
+            print(f"grades: {export(open_course(args.course), args.out / 'nbgrader_grades.csv')}")
+    except GraderError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,286 @@
+"""Deciding each exercise in the grader's own process, by trusted code.
+
+Each exercise's tests (visible, then hidden, from the solution notebook) run here; every call of a learner's
+function crosses into the sandboxed kernel as plain data (:mod:`course_lib.wire`) and back. An answer that uses
+the reference implementation it was asked to write (declared per exercise in the solution's metadata, seen
+statically or by the tripwires while it runs) earns nothing. Feedback on hidden tests shows only the author's
+messages, never inputs, code or tracebacks.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import re
+import traceback
+from dataclasses import dataclass, field
+
+import nbformat
+import torch
+
+from course_lib import wire
+from course_lib.grading import GradingError
+from course_lib.tripwire import TAMPERING
+
+from .kernel import KernelSession, LearnerCallError, safe_text
+from .rebuild import grade_id
+
+HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS\n?", re.S)
+
+
+@dataclass
+class Exercise:
+    """The verdict on one exercise, decided outside the learner's kernel."""
+    grade_id: str
+    points: float
+    max_points: float
+    passed: bool
+    message: str = ""
+    output: str = ""  # what the learner's kernel printed for the visible tests (escaped when shown)
+
+    @property
+    def name(self) -> str:
+        """The exercise's name: its test cell's grade id without ``_tests``."""
+        return self.grade_id.removesuffix("_tests")
+
+
+@dataclass
+class Result:
+    student: str
+    notebook: str
+    exercises: list[Exercise] = field(default_factory=list)
+    problem: str = ""       # why nothing could be graded, if so (for the learner)
+    notes: list[str] = field(default_factory=list)  # what the grader changed or stopped
+    seconds: float = 0.0
+    infrastructure: str = ""  # the machine failed, not the submission (for the instructor)
+
+    def made_safe(self) -> "Result":
+        """Every text made safe for every writer (see :func:`safe_text`): much of it came from the kernel."""
+        self.problem, self.infrastructure = safe_text(self.problem), safe_text(self.infrastructure)
+        self.notes = [safe_text(n, 2000) for n in self.notes]
+        for ex in self.exercises:
+            ex.message, ex.output = safe_text(ex.message, 5000), safe_text(ex.output)
+        return self
+
+    @property
+    def score(self) -> float:
+        return sum(e.points for e in self.exercises)
+
+    @property
+    def max_score(self) -> float:
+        return sum(e.max_points for e in self.exercises)
+
+
+class _Linked(torch.autograd.Function):
+    """A scalar answer linked to the grader's inputs through the gradients the kernel computed."""
+
+    @staticmethod
+    def forward(ctx, value, grads, *inputs):
+        ctx.grads = grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, upstream):
+        return (None, None, *[None if g is None else upstream * g for g in ctx.grads])
+
+
+class LearnerFunction:
+    """Stands in the grader's namespace for a function the learner wrote: each call runs in the kernel, under
+    tripwires on the exercise's ``references``; which of them ran is collected in ``used``. The grader's own
+    state never takes anything from the kernel: a call that changes its tensor arguments in place fails (the
+    grader's tensors stay as they were), and the grader's random generator moves on by itself."""
+
+    def __init__(self, name: str, session: KernelSession, refs: dict[str, object], references: list[str]):
+        self.name, self.session = name, session
+        self.refs = {id(v): k for k, v in refs.items() if v is not None}
+        self.named = refs
+        self.references = list(references)
+        self.used: set[str] = set()
+
+    def __call__(self, *args, **kwargs):
+        answer, tensors = self.session.call(self.name, args, kwargs, self.refs, self.references)
+        torch.rand(1)  # each call sees a new state of the grader's generator, as two draws in a row would
+        self.used |= {str(r) for r in answer.get("references") or [] if r in self.references or r == TAMPERING}
+        positions = {str(i): f"#{i + 1} (positional)" for i in range(len(args))} | {k: f"'{k}'" for k in kwargs}
+        changed = [positions[k] for k in answer.get("mutated") or [] if isinstance(k, str) and k in positions]
+        if changed:
+            raise LearnerCallError(self.name, f"it changed its argument {changed[0]} in place; return new values "
+                                   "and leave the inputs unchanged")
+        try:
+            value = wire.decode(answer.get("value"), tensors, self.named)
+            return self._link(value, args, answer.get("grads") or {}, tensors)
+        except (wire.WireError, TypeError, ValueError, AttributeError, KeyError) as err:  # kernel-made structure
+            raise LearnerCallError(self.name, "no readable answer") from err
+
+    def _link(self, value, args, grads, tensors):
+        items = list(value) if type(value) is tuple else [value]
+        if type(grads) is not dict:
+            raise wire.WireError("malformed gradients")
+        for position, by_input in grads.items():
+            if not (type(position) is str and position.isdecimal() and len(position) < 6 and type(by_input) is dict):
+                raise wire.WireError("malformed gradients")
+            index = int(position)
+            if not (index < len(items) and type(items[index]) is torch.Tensor and items[index].dim() == 0):
+                continue
+            inputs = [(i, a) for i, a in enumerate(args) if type(a) in (torch.Tensor, torch.nn.Parameter)
+                      and a.requires_grad]
+            g = [wire.decode(by_input[str(i)], tensors) if str(i) in by_input else None for i, _ in inputs]
+            g = [x.detach() if type(x) is torch.Tensor and x.shape == a.shape else None for x, (_, a) in zip(g, inputs)]
+            items[index] = _Linked.apply(items[index].detach(), g, *[a for _, a in inputs])
+        return tuple(items) if type(value) is tuple else items[0]
+
+
+def defined_functions(source: str) -> list[str]:
+    """Names of the top-level functions a solution cell defines."""
+    return [n.name for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def reference_uses(source: str, forbidden: list[str]) -> list[str]:
+    """Which of ``forbidden`` (dotted names such as 'align.dpo_loss', or module names such as 'trl') the code
+    names through imports (aliases resolved) or attribute chains. A first line only: strings never count (a
+    learner may print a function's name), and what this misses (computed names, ``exec``) the tripwires of
+    :mod:`course_lib.tripwire` see when the function runs. Code that cannot be parsed names nothing."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:  # magics (%, !) become the Python calls IPython would run
+        nodes = list(ast.walk(ast.parse(TransformerManager().transform_cell(source))))
+    except Exception:  # SyntaxError, ValueError (null bytes), RecursionError / MemoryError (deep nesting)
+        return []
+    aliases, names = {}, set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                names.add(a.name)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                names.add(f"{node.module}.{a.name}")
+    for node in nodes:
+        chain = []
+        while isinstance(node, ast.Attribute):
+            chain.append(node.attr)
+            node = node.value
+        if isinstance(node, ast.Name):
+            chain.append(aliases.get(node.id, node.id))
+            names.add(".".join(reversed(chain)))
+    hits = []
+    for item in forbidden:
+        if "." in item:
+            hit = any(n == item or n.endswith("." + item) for n in names)
+        else:
+            hit = any(n == item or n.startswith(item + ".") for n in names)
+        if hit:
+            hits.append(item)
+    return hits
+
+
+def _reference_message(uses: list[str] | set[str]) -> str:
+    if TAMPERING in uses:
+        return ("This answer switched off the grader's checks while it ran (sys.setprofile / settrace). "
+                "It earns no points.")
+    return (f"This answer uses {', '.join(sorted(uses))}: the reference implementation you were asked to write "
+            "yourself. It earns no points.")
+
+
+_NAMESPACE_CACHE: dict[str, object] = {}
+
+
+def _named_objects(test_source: str) -> dict[str, object]:
+    """The trusted model and tokenizer the tests may use (loaded once per grading process, on demand)."""
+    used = {n.id for n in ast.walk(ast.parse(test_source)) if isinstance(n, ast.Name)}
+    if "model" in used and "model" not in _NAMESPACE_CACHE:
+        from course_lib.models import load_default_model
+        _NAMESPACE_CACHE["model"], _NAMESPACE_CACHE["tokenizer"] = load_default_model(device="cpu")
+    if "tokenizer" in used and "tokenizer" not in _NAMESPACE_CACHE:
+        from course_lib.models import load_tokenizer
+        _NAMESPACE_CACHE["tokenizer"] = load_tokenizer()
+    return {k: v for k, v in _NAMESPACE_CACHE.items() if k in used}
+
+
+def _failure(err: BaseException, hidden: bool, label: str) -> str:
+    """What the learner is told about a failed test: the author's message for hidden checks, never code,
+    inputs or a traceback line of a hidden test."""
+    if isinstance(err, LearnerCallError):  # on hidden inputs, nothing the kernel sent is repeated
+        return err.public + " on a hidden test input" if hidden else str(err)
+    if isinstance(err, GradingError):
+        if hidden:
+            return err.summary or "Your result differs from the expected values on a hidden test input."
+        return str(err)
+    if hidden:
+        return f"The hidden tests could not use what your function returned ({type(err).__name__})."
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == label]
+    line = f" (in the visible test: `{frames[-1].line}`)" if frames and frames[-1].line else ""
+    return f"{type(err).__name__}: {str(err)[:300]}{line}"
+
+
+def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, learner: nbformat.NotebookNode,
+           release: nbformat.NotebookNode, session: KernelSession) -> list[Exercise]:
+    """Run each exercise's tests (visible, then hidden) in this process against the learner's functions."""
+    cells = {grade_id(c): c for c in solution.cells if grade_id(c)}
+    imports = next(c.source for c in solution.cells if c.cell_type == "code" and "from course_lib import" in c.source)
+    forbidden = solution.metadata.get("course", {}).get("references", {})
+    functions = [name for c in cells.values() if c.metadata["nbgrader"].get("solution")
+                 for name in defined_functions(c.source)]
+    executed_by_id = {grade_id(c): c for c in executed.cells if grade_id(c)}
+    release_sources = {c.source for c in release.cells}
+    added = "\n".join(c.source for c in learner.cells if c.get("cell_type") == "code" and not grade_id(c)
+                      and isinstance(c.get("source"), str) and c.source not in release_sources)
+    base: dict[str, object] = {"__name__": "__grader__"}  # the solution's set-up, run once; each exercise a copy
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(imports, "<imports>", "exec"), base)
+    verdicts = []
+    for gid, cell in cells.items():
+        meta = cell.metadata["nbgrader"]
+        if not meta.get("grade"):
+            continue
+        exercise = gid.removesuffix("_tests")
+        points = float(meta.get("points", 0))
+        output = _visible_output(executed_by_id.get(gid))
+        answer = executed_by_id.get(exercise).source if exercise in executed_by_id else ""
+        references = forbidden.get(exercise, [])
+        uses = reference_uses(answer + "\n" + added, references)
+        if uses:
+            verdicts.append(Exercise(gid, 0.0, points, False, _reference_message(uses), output))
+            continue
+        visible = HIDDEN.sub("", cell.source)
+        hidden = "\n".join(m.group(1) for m in HIDDEN.finditer(cell.source))
+        named = _named_objects(cell.source)
+        learners = {name: LearnerFunction(name, session, named, references) for name in functions}
+        ns = {**base, **named, **learners}
+        torch.manual_seed(0)
+        passed, message = True, ""
+        for part, label, is_hidden in ((visible, f"<visible tests of {gid}>", False),
+                                       (hidden, f"<hidden tests of {gid}>", True)):
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    exec(compile(part, label, "exec"), ns)
+            except Exception as err:
+                passed, message = False, _failure(err, is_hidden, label)
+                break
+        used = set().union(*(f.used for f in learners.values()))
+        if used:  # the tripwires saw a reference run while the tests called the learner's code
+            passed, message = False, _reference_message(used)
+        verdicts.append(Exercise(gid, points if passed else 0.0, points, passed, message, output))
+    return verdicts
+
+
+def _visible_output(cell) -> str:
+    """Text the learner's kernel produced in a test cell (its visible tests)."""
+    if cell is None:
+        return ""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            parts.append(str(out.get("text", "")))
+        elif out.get("output_type") == "error":
+            parts.append("\n".join(str(t) for t in out.get("traceback", [])) or f"{out.get('ename')}: {out.get('evalue')}")
+        elif "text/plain" in out.get("data", {}):
+            parts.append(str(out["data"]["text/plain"]))
+    return safe_text("\n".join(parts))
+
+
+def blank_verdicts(solution: nbformat.NotebookNode, message: str) -> list[Exercise]:
+    """Zero points for every exercise of a notebook, each with ``message``."""
+    return [Exercise(grade_id(c), 0.0, float(c.metadata["nbgrader"].get("points", 0)), False, message)
+            for c in solution.cells if grade_id(c) and c.metadata["nbgrader"].get("grade")]
