@@ -10,21 +10,24 @@ import json
 import multiprocessing
 import os
 import shutil
+import zlib
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import nbformat
 import torch
 from tqdm.auto import tqdm
 
-
 from .gradebook import DEFAULT_COURSE, SOLUTIONS, GraderError, export, open_course, record, release
 from .report import feedback_html, problems_html, write_csv, write_summary
 from .run import grade_one
 from .sandbox import Limits, SandboxUnavailable, bwrap, run_folder, sweep_stale
 from .submissions import find_submissions, unpack
-from .verdicts import Result, blank_verdicts
+from .verdicts import Exercise, Result, blank_verdicts
+
+SHARDS = "shards"  # the folder under --out where each shard writes its results
+
 
 def _grade_task(task: tuple) -> Result:
     return grade_one(*task)
@@ -77,12 +80,32 @@ def _run_tasks(tasks: list[tuple], jobs: int, progress: bool) -> list[Result]:
     return results
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N), shard K of N counted from 0 (a job array's index); anything else raises."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise GraderError(f"--shard must look like K/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= k < n:
+        raise GraderError(f"--shard {text}: K must be between 0 and N - 1")
+    return k, n
+
+
+def shard_of(student: str, shards: int) -> int:
+    """The shard that grades a student: a stable hash of the id, so all of a student's notebooks go together and
+    every machine agrees without talking to the others."""
+    return zlib.crc32(student.encode("utf-8")) % shards
+
+
 def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int = 1, sandboxed: bool = True,
-          limits: Limits = Limits(), solutions: Path = SOLUTIONS, progress: bool = True) -> list[Result]:
+          limits: Limits = Limits(), solutions: Path = SOLUTIONS, progress: bool = True,
+          shard: tuple[int, int] | None = None) -> list[Result]:
     """Grade every submission in a folder or zip: sandboxed execution, verdicts decided outside the kernel,
     feedback in ``out/feedback/<student>/<notebook>.html``, ``out/grades.csv`` (a row per student, a column
     per notebook and exercise), ``out/summary.md`` + ``out/score_distribution.png``, ``out/scores.json``, and
     the scores in nbgrader's gradebook (``out/nbgrader_grades.csv`` is nbgrader's export of it).
+    With ``shard=(K, N)`` only the students of shard K are graded and their results go to
+    ``out/shards/K-of-N.json`` for :func:`merge`; nothing is recorded and no report is written.
     Raises :class:`GraderError`, recording nothing, when every submission failed for a reason of the machine's
     (e.g. no kernel could start): that is not a class of zeros."""
     if sandboxed:
@@ -104,12 +127,17 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
     try:
         folder = unpack(submissions, unpacked)
         found, problems, rejected = find_submissions(folder, solutions)
+        if not found and not problems and not rejected:
+            raise GraderError(f"no course notebooks found under {submissions}")
         problems_by_student: dict[str, list[str]] = {}
         for problem in problems:
             problems_by_student.setdefault(problem.split("/")[0].split(":")[0], []).append(problem)
+        if shard is not None:
+            k, n = shard
+            found = [s for s in found if shard_of(s.student, n) == k]
+            problems_by_student = {st: p for st, p in problems_by_student.items() if shard_of(st, n) == k}
+            rejected = rejected if k == 0 else []  # files of no student: reported once
         students = sorted({s.student for s in found} | set(problems_by_student))
-        if not found and not problems and not rejected:
-            raise GraderError(f"no course notebooks found under {submissions}")
         names = sorted({s.assignment for s in found})
         if jobs > 1:  # kernels side by side share the cores
             limits = replace(limits, threads=limits.threads or max(1, (os.cpu_count() or 1) // jobs))
@@ -124,13 +152,73 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
             reasons = sorted({r.infrastructure for r in broken})
             raise GraderError(f"no submission could be graded, for a reason of this machine, not the submissions "
                               f"(nothing was recorded): {'; '.join(reasons)[:1000]}")
-        record(api, results)
-        write_reports(results, students, problems_by_student, rejected, out)
-        if names:
-            export(api, out / "nbgrader_grades.csv")
+        if shard is not None:
+            _write_shard(out / SHARDS / f"{shard[0]}-of-{shard[1]}.json", shard, results, students,
+                         problems_by_student, rejected)
+        else:
+            finish(api, out, results, students, problems_by_student, rejected, names)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(run_root, ignore_errors=True)
+    return results
+
+
+def finish(api, out: Path, results: list[Result], students: list[str], problems_by_student: dict[str, list[str]],
+           rejected: list[str], names: list[str]) -> None:
+    """Record the results in the gradebook, write the feedback and reports, export nbgrader's CSV."""
+    record(api, results)
+    write_reports(results, students, problems_by_student, rejected, out)
+    if names:
+        export(api, out / "nbgrader_grades.csv")
+
+
+def _write_shard(path: Path, shard: tuple[int, int], results: list[Result], students: list[str],
+                 problems_by_student: dict[str, list[str]], rejected: list[str]) -> None:
+    """One shard's results as JSON, written whole or not at all (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"shard": shard[0], "of": shard[1], "results": [asdict(r) for r in results], "students": students,
+            "problems": problems_by_student, "rejected": rejected}
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data), encoding="utf-8")
+    partial.replace(path)
+
+
+def _read_shard(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["results"] = [Result(**{**r, "exercises": [Exercise(**e) for e in r["exercises"]]}).made_safe()
+                           for r in data["results"]]
+        data["students"], data["rejected"] = [str(s) for s in data["students"]], [str(r) for r in data["rejected"]]
+        data["problems"] = {str(k): [str(p) for p in v] for k, v in dict(data["problems"]).items()}
+        data["shard"], data["of"] = int(data["shard"]), int(data["of"])
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise GraderError(f"{path}: not a shard file written by `grade --shard` ({type(err).__name__}: {err})") from err
+    return data
+
+
+def merge(out: Path, course: Path = DEFAULT_COURSE, solutions: Path = SOLUTIONS) -> list[Result]:
+    """Merge the shard files under ``out/shards`` (every one of the N, all with the same N) into the gradebook
+    and the reports, as one :func:`grade` run over all submissions would have written them."""
+    paths = sorted((out / SHARDS).glob("*-of-*.json"))
+    if not paths:
+        raise GraderError(f"no shard files in {out / SHARDS}: run `grade --shard K/N --out {out}` first")
+    shards = [_read_shard(p) for p in paths]
+    counts = {s["of"] for s in shards}
+    if len(counts) != 1:
+        raise GraderError(f"the shard files in {out / SHARDS} come from different splits: N = {sorted(counts)}")
+    n = counts.pop()
+    missing = sorted(set(range(n)) - {s["shard"] for s in shards})
+    if missing:
+        raise GraderError(f"shards {missing} of {n} have no results in {out / SHARDS} yet: nothing was recorded")
+    results = [r for s in shards for r in s["results"]]
+    problems = {k: v for s in shards for k, v in s["problems"].items()}
+    students = sorted({st for s in shards for st in s["students"]})
+    rejected = [r for s in shards for r in s["rejected"]]
+    names = sorted({r.notebook for r in results})
+    api = open_course(course)
+    if names:
+        release(api, names, solutions)  # the assignments must exist in this gradebook
+    finish(api, out, results, students, problems, rejected, names)
     return results
 
 

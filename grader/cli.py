@@ -3,6 +3,8 @@
     python -m grader generate                                 # solutions/*.ipynb -> notebooks/ (learner versions)
     python -m grader check                                    # fail if notebooks/ is stale
     python -m grader grade SUBMISSIONS --out DIR [--jobs N]   # grade, feedback, grades.csv, summary
+    python -m grader grade SUBMISSIONS --out DIR --shard K/N  # one shard of a job array (several machines) ...
+    python -m grader merge DIR                                # ... and, when all are done, the gradebook and reports
     python -m grader export --out DIR                         # nbgrader's CSV export of the gradebook
 
 SUBMISSIONS is a folder or zip of ``<student>/<notebook>.ipynb`` (any subset of the course's notebooks).
@@ -20,7 +22,7 @@ import nbformat
 
 
 from .authoring import skip_problems
-from .batch import grade
+from .batch import grade, merge, parse_shard
 from .gradebook import (DEFAULT_COURSE, ROOT, SOLUTIONS, GraderError, assignment_names, export, generate,
                         open_course, stale_notebooks)
 from .sandbox import Limits
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_timeout_s, help="seconds per submission: its notebook, restarts and every call of the tests")
     p.add_argument("--run-all-cells", action="store_true",
                    help="also run the cells the course tags skip-grading (demos, training runs): slower")
+    p.add_argument("--shard", metavar="K/N", help="grade only the students of shard K of N (0 <= K < N; e.g. a job "
+                   "array's index) into OUT/shards/; then `merge OUT` records and reports them all")
+    p = sub.add_parser("merge", help="record the shard files of `grade --shard` into the gradebook; write reports")
+    p.add_argument("out", type=Path, help="the --out folder the shards wrote to (it holds shards/)")
+    p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder (gradebook)")
     p = sub.add_parser("export", help="export the gradebook to CSV (nbgrader's format)")
     p.add_argument("--out", type=Path, default=Path("grading"), help="nbgrader_grades.csv goes here")
     p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder")
@@ -64,8 +71,18 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "grade":
             limits = Limits(memory_mb=args.memory_mb, cell_timeout_s=args.cell_timeout,
                             notebook_timeout_s=args.notebook_timeout, run_marked_cells=args.run_all_cells)
-            results = grade(args.submissions, args.out, args.course, args.jobs, not args.unsandboxed, limits)
-            print(f"graded {len(results)} notebooks: {args.out / 'grades.csv'}, {args.out / 'summary.md'}, "
+            shard = parse_shard(args.shard) if args.shard else None
+            results = grade(args.submissions, args.out, args.course, args.jobs, not args.unsandboxed, limits,
+                            shard=shard)
+            if shard:
+                print(f"graded {len(results)} notebooks of shard {args.shard}: {args.out / 'shards'}; "
+                      f"when every shard is done: python -m grader merge {args.out}")
+            else:
+                print(f"graded {len(results)} notebooks: {args.out / 'grades.csv'}, {args.out / 'summary.md'}, "
+                      f"feedback in {args.out / 'feedback'}")
+        elif args.command == "merge":
+            results = merge(args.out, args.course)
+            print(f"merged {len(results)} notebooks: {args.out / 'grades.csv'}, {args.out / 'summary.md'}, "
                   f"feedback in {args.out / 'feedback'}")
         elif args.command == "export":
             print(f"grades: {export(open_course(args.course), args.out / 'nbgrader_grades.csv')}")

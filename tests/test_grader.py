@@ -253,3 +253,52 @@ def test_leftovers_of_a_grader_that_died_are_swept_and_a_live_ones_are_kept(tmp_
     removed = sandbox.sweep_stale(tmp_path)
     assert stale in removed and not stale.exists() and live.exists()
     assert group is None or (group in removed and not group.exists())
+
+
+def test_shards_graded_side_by_side_merge_into_what_one_run_writes(tmp_path):
+    # Two `grade --shard K/2` processes at once (two machines of a job array), then `merge`: the same grades,
+    # scores, feedback pages and gradebook as one run over everything.
+    import shutil
+    import subprocess
+    import sys
+
+    from grader.batch import merge, shard_of
+    from grader.gradebook import open_course, release
+
+    fixture = ROOT / "tests" / "data" / "fixture_course"
+    released = read(release(open_course(tmp_path / "release"), ["00_fixture"], fixture)["00_fixture"])
+    good = {"lora_scale": "def lora_scale(alpha, r):\n    return alpha / r",
+            "scaled_sum": "def scaled_sum(x, y, alpha):\n    return x + alpha * y"}
+    subs = tmp_path / "subs"
+    students = [f"s{i}" for i in range(6)]
+    for i, student in enumerate(students):
+        answers = good if i % 3 else {**good, "lora_scale": "def lora_scale(alpha, r):\n    return r / alpha"}
+        (subs / student).mkdir(parents=True)
+        nbformat.write(with_answers(released, answers), subs / student / "00_fixture.ipynb")
+    (subs / "s1" / "notes.ipynb").write_text("{}")  # a problem of one student
+    (subs / "stray.ipynb").write_text("{}")         # a file of no student
+    assert {shard_of(s, 2) for s in students} == {0, 1}
+
+    one = grade(subs, tmp_path / "one", course=tmp_path / "course_one", solutions=fixture, progress=False)
+    code = ("import sys; from pathlib import Path; from grader.batch import grade; "
+            "grade(Path(sys.argv[1]), Path(sys.argv[2]), course=Path(sys.argv[3]), solutions=Path(sys.argv[4]), "
+            "progress=False, shard=(int(sys.argv[5]), 2))")
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(subs), str(tmp_path / "sharded"),
+                                 str(tmp_path / f"machine{k}"), str(fixture), str(k)], cwd=ROOT) for k in (0, 1)]
+    assert [w.wait(timeout=600) for w in workers] == [0, 0]
+    assert sorted(p.name for p in (tmp_path / "sharded" / "shards").iterdir()) == ["0-of-2.json", "1-of-2.json"]
+    assert not (tmp_path / "sharded" / "grades.csv").exists()  # nothing is reported before the merge
+
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(tmp_path / "sharded", incomplete)
+    (incomplete / "shards" / "1-of-2.json").unlink()
+    with pytest.raises(GraderError, match=r"shards \[1\] of 2 have no results"):
+        merge(incomplete, course=tmp_path / "course_incomplete", solutions=fixture)
+
+    merged = merge(tmp_path / "sharded", course=tmp_path / "course_merged", solutions=fixture)
+    assert sorted((r.student, r.score) for r in merged) == sorted((r.student, r.score) for r in one)
+    assert sorted(r.score for r in one) == [2.0, 2.0, 3.0, 3.0, 3.0, 3.0]
+    for name in ("grades.csv", "scores.json", "nbgrader_grades.csv", "problems.html"):
+        assert (tmp_path / "sharded" / name).read_text() == (tmp_path / "one" / name).read_text(), name
+    pages = lambda out: sorted(str(p.relative_to(out)) for p in (out / "feedback").rglob("*.html"))
+    assert pages(tmp_path / "sharded") == pages(tmp_path / "one") and "feedback/s1/problems.html" in pages(tmp_path / "one")
