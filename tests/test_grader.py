@@ -40,7 +40,7 @@ def test_find_submissions_reports_what_it_skips(tmp_path):
 def test_solution_gets_full_marks_in_the_sandbox(tmp_path, name):
     submissions = tmp_path / "submissions"
     # The untouched learner notebook (zero points) is graded in test_grader_security ("blank"): the verdict
-    # logic does not depend on the notebook, and each real notebook costs minutes to run.
+    # logic does not depend on the notebook. The cells tagged skip-grading are not run, so this is seconds.
     for student, nb in [("alice", filled_submission(name))]:
         (submissions / student).mkdir(parents=True)
         nbformat.write(nb, submissions / student / f"{name}.ipynb")
@@ -61,12 +61,13 @@ def test_solution_gets_full_marks_in_the_sandbox(tmp_path, name):
     for student in ("alice",):
         html = (out / "feedback" / student / f"{name}.html").read_text()
         assert "<html" in html and name in html
-    # The solution ran top to bottom without a single error, fine-tune and its checks included.
+    # Every cell grading runs ran without an error, with the skipped ones marked as such; grading needed none of them.
     graded = read(course / "autograded" / "alice" / name / f"{name}.ipynb")
     errors = [o for c in graded.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
     text = "".join(o.get("text", "") for c in graded.cells if c.cell_type == "code" for o in c.outputs)
-    assert "notebook ran in" in text
+    assert "notebook ran in" in text and "not run when grading" in text
+    assert any("not needed for grading" in note for note in by_student["alice"].notes)
 
 
 def test_grading_refuses_without_a_sandbox_unless_told(tmp_path, monkeypatch):
