@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .classify import IGNORE_INDEX, batch_indices
+from .training import TrainConfig, train
 from .classify import collate as sft_batch  # right-pad (input_ids, labels) pairs; padding: label -100, mask 0
 
 SYSTEM_PROMPT = "You are the support assistant of Acme, an online shop."
@@ -178,27 +178,18 @@ def load_reward_model(seed: int = 0, train_layers: int = 1) -> RewardModel:
 
 def train_reward_model(model: RewardModel, pairs: Sequence[dict], steps: int = 60, batch_size: int = 16,
                        lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
-    """Train on preference pairs (dicts with prompt/chosen/rejected) with the Bradley-Terry loss and AdamW.
-    Returns per-step ``loss`` and ``accuracy`` (fraction of pairs in the batch ranked correctly)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
-    model.train()
-    bar = tqdm(batch_indices(len(pairs), steps, batch_size, seed), desc="reward model", disable=not progress)
-    for idx in bar:
+    """Train on preference pairs (dicts with prompt/chosen/rejected) with the Bradley-Terry loss and AdamW
+(:func:`course_lib.training.train`). Returns per-step ``loss`` and ``accuracy`` (fraction of pairs in the batch
+ranked correctly)."""
+    def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict]:
         rows = [pairs[i] for i in idx]
         prompts = [r["prompt"] for r in rows]
         rewards = model(prompts + prompts, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
         chosen, rejected = rewards.chunk(2)
-        loss = bradley_terry_loss(chosen, rejected)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        history["loss"].append(loss.item())
-        history["accuracy"].append((chosen > rejected).float().mean().item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return history
+        return bradley_terry_loss(chosen, rejected), {"accuracy": (chosen > rejected).float().mean().item()}
+
+    return train(model, batch_indices(len(pairs), steps, batch_size, seed), step_loss, TrainConfig(steps=steps, lr=lr),
+                 progress=progress, desc="reward model")
 
 
 def pairwise_accuracy(model: RewardModel, pairs: Sequence[dict]) -> float:
@@ -301,13 +292,8 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
     model.eval()
     ref_c, ref_r = pair_logprobs(model, tokenizer, list(seen.values()), progress=progress)
     ref = {key: (c, r) for key, c, r in zip(seen, ref_c, ref_r)}
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    history: dict[str, list[float]] = {k: [] for k in
-                                       ("loss", "margin", "accuracy", "chosen_reward", "rejected_reward", "seconds")}
-    model.train()
-    bar = tqdm(batches, desc="DPO", disable=not progress)
-    start = time.perf_counter()
-    for rows in bar:
+
+    def step_loss(rows: list[dict]) -> tuple[torch.Tensor, dict]:
         batch = {k: v.to(device) for k, v in preference_batch(tokenizer, rows).items()}
         chosen, rejected = sequence_logprobs(model, batch).chunk(2)
         rc = torch.stack([ref[id(p)][0] for p in rows]).to(device)
@@ -317,17 +303,11 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
         if sft_weight:
             chosen_tokens = (batch["labels"][:len(rows), 1:] != IGNORE_INDEX).sum()
             loss = loss - sft_weight * chosen.sum() / chosen_tokens
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        for key, value in (("loss", loss.item()), ("margin", out.margins.mean().item()),
-                           ("accuracy", out.accuracy), ("chosen_reward", out.chosen_rewards.mean().item()),
-                           ("rejected_reward", out.rejected_rewards.mean().item()),
-                           ("seconds", time.perf_counter() - start)):
-            history[key].append(value)
-        bar.set_postfix(loss=f"{loss.item():.3f}", margin=f"{out.margins.mean().item():.2f}")
-    model.eval()
-    return history
+        return loss, {"margin": out.margins.mean().item(), "accuracy": out.accuracy,
+                      "chosen_reward": out.chosen_rewards.mean().item(),
+                      "rejected_reward": out.rejected_rewards.mean().item()}
+
+    return train(model, batches, step_loss, TrainConfig(steps=steps, lr=lr), progress=progress, desc="DPO")
 
 
 # --- generation ----------------------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ highest, so the prediction is always a valid label and costs one forward pass pe
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .data import TICKET_LABELS
 from .metrics import accuracy
+from .training import TrainConfig, train
 
 IGNORE_INDEX = -100
 SYSTEM_PROMPT = ("Classify this support ticket as "
@@ -124,37 +124,55 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
 
 
 def train_classifier(model: nn.Module, tokenizer, rows: Sequence[dict], steps: int = 60, batch_size: int = 8,
-                     lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
+                     lr: float = 1e-3, seed: int = 0, progress: bool = True, **options) -> dict:
     """Fine-tune the trainable parameters of ``model`` (e.g. LoRA adapters) on ticket rows: :func:`train_sft`
-    on each ticket's prompt and label."""
+    on each ticket's prompt and label (``options`` as there)."""
     examples = [encode_example(tokenizer, r["text"], r["label"]) for r in rows]
-    return train_sft(model, examples, tokenizer.pad_token_id, steps, batch_size, lr, seed, progress)
+    return train_sft(model, examples, tokenizer.pad_token_id, steps, batch_size, lr, seed, progress, **options)
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad_id: int,
+              batch_size: int = 16) -> float:
+    """Mean answer-token cross-entropy of ``model`` over (input_ids, labels) examples: the validation loss."""
+    total = count = 0.0
+    device = next(model.parameters()).device
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(list(examples[start:start + batch_size]), pad_id).items()}
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
+        total += answer_loss(model, batch).item() * tokens
+        count += tokens
+    return total / count
 
 
 def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad_id: int, steps: int = 60,
-              batch_size: int = 8, lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
-    """Supervised fine-tuning of the trainable parameters of ``model`` with AdamW on (input_ids, labels)
-    examples (labels -100 where no loss is wanted), in seeded shuffled batches (:func:`batch_indices`).
+              batch_size: int = 8, lr: float = 1e-3, seed: int = 0, progress: bool = True, *,
+              accumulation: int = 1, warmup_steps: int = 0, schedule: str = "constant",
+              validation: Sequence[tuple[list[int], list[int]]] | None = None, eval_every: int = 0,
+              patience: int = 0, metric: Callable[[], dict[str, float]] | None = None, monitor: str = "loss",
+              mode: str = "min") -> dict:
+    """Supervised fine-tuning of the trainable parameters of ``model`` on (input_ids, labels) examples (labels
+    -100 where no loss is wanted) with :func:`course_lib.training.train`: ``steps`` optimizer steps of
+    ``batch_size`` examples (from one seeded shuffle, :func:`batch_indices`), each made of ``accumulation``
+    micro-batches. With ``validation`` examples, the validation loss (and ``metric()``'s numbers, e.g. accuracy)
+    every ``eval_every`` steps picks the best checkpoint, restored at the end (``monitor``, ``mode``,
+    ``patience`` as in :class:`~course_lib.training.TrainConfig`).
 
-    Returns ``{"loss": [...], "seconds": [...]}``, one entry per optimisation step; shows a progress bar.
+    Returns the history: per step ``loss``, ``lr``, ``seconds``; per evaluation ``eval_step`` and ``eval_*``.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameters: inject LoRA adapters (or unfreeze) first")
-    device = params[0].device
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    history: dict[str, list[float]] = {"loss": [], "seconds": []}
-    model.train()
-    bar = tqdm(batch_indices(len(examples), steps, batch_size, seed), desc="training", disable=not progress)
-    start = time.perf_counter()
-    for idx in bar:
+    if batch_size % accumulation:
+        raise ValueError(f"batch_size {batch_size} is not a multiple of accumulation {accumulation}")
+    config = TrainConfig(steps=steps, lr=lr, accumulation=accumulation, warmup_steps=warmup_steps,
+                         schedule=schedule, eval_every=eval_every, patience=patience, monitor=monitor, mode=mode)
+    device = next(p for p in model.parameters()).device
+    micro = batch_indices(len(examples), steps * accumulation, batch_size // accumulation, seed)
+
+    def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict]:
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
-        loss = answer_loss(model, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        history["loss"].append(loss.item())
-        history["seconds"].append(time.perf_counter() - start)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return history
+        return answer_loss(model, batch), {}
+
+    def evaluate() -> dict[str, float]:
+        scores = {"loss": eval_loss(model, validation, pad_id)} if validation is not None else {}
+        return {**scores, **(metric() if metric else {})}
+
+    return train(model, micro, step_loss, config, evaluate if validation is not None or metric else None, progress)

@@ -1,0 +1,132 @@
+"""The course's one training loop: what every real fine-tune needs, in one readable function (as nanoGPT's).
+
+- **Gradient accumulation**: each optimizer step averages the gradients of ``accumulation`` micro-batches
+  (each micro-batch's loss is divided by ``accumulation``), so a small machine trains with a large batch.
+- **Learning-rate schedule**: linear warmup from lr / warmup_steps to lr over ``warmup_steps``, then constant,
+  linear decay or cosine decay to 0 at the last step (Loshchilov & Hutter, 2017, SGDR, without restarts).
+- **Gradient clipping** of the global norm (``max_grad_norm``).
+- **Validation** every ``eval_every`` optimizer steps (and after the last): ``evaluate()`` returns metrics, one
+  of which (``monitor``) picks the **best checkpoint**: the trainable parameters (e.g. LoRA adapters) are kept
+  in memory whenever it improves and restored at the end. **Early stopping** after ``patience`` evaluations
+  without improvement.
+
+The caller gives the loss of one micro-batch (``step_loss``); everything else is here, so SFT, the reward
+model and DPO train the same way.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; ``steps`` counts optimizer steps (each of ``accumulation`` micro-batches)."""
+    steps: int
+    lr: float = 1e-3
+    accumulation: int = 1
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    eval_every: int = 0          # 0: evaluate only if an evaluate function is given, after the last step
+    monitor: str = "loss"        # the metric of evaluate() that picks the best checkpoint
+    mode: str = "min"            # "min" (a loss) or "max" (an accuracy)
+    patience: int = 0            # evaluations without improvement before stopping early; 0: never
+
+    def __post_init__(self):
+        if self.steps < 1 or self.accumulation < 1 or self.warmup_steps < 0 or self.eval_every < 0 or self.patience < 0:
+            raise ValueError(f"steps and accumulation must be >= 1, warmup_steps, eval_every and patience >= 0: {self}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): warmup, then the schedule."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    span = max(1, config.steps - config.warmup_steps)
+    progress = (step - config.warmup_steps) / span
+    if config.schedule == "linear":
+        return config.lr * (1 - progress)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object], tuple[torch.Tensor, dict]],
+          config: TrainConfig, evaluate: Callable[[], dict[str, float]] | None = None,
+          progress: bool = True, desc: str = "training") -> dict:
+    """Train the trainable parameters of ``model`` with AdamW on ``micro_batches`` (at least ``config.steps *
+    config.accumulation`` of them, used in order). ``step_loss(batch)`` returns the batch's loss and a dict of
+    numbers to log. Returns the history: per optimizer step ``loss``, ``lr``, ``seconds`` and each logged number
+    (averaged over the step's micro-batches); per evaluation ``eval_step`` and each metric as ``eval_<name>``;
+    ``best_step`` (the step whose weights the model ends with) and ``stopped_early``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters: inject LoRA adapters (or unfreeze) first")
+    needed = config.steps * config.accumulation
+    if len(micro_batches) < needed:
+        raise ValueError(f"{config.steps} steps of {config.accumulation} micro-batches need {needed} batches, "
+                         f"got {len(micro_batches)}")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    history: dict = {"loss": [], "lr": [], "seconds": [], "eval_step": [], "best_step": None, "stopped_early": False}
+    best, best_state, waited = None, None, 0
+    sign = 1 if config.mode == "min" else -1
+    bar = tqdm(range(config.steps), desc=desc, disable=not progress)
+    start = time.perf_counter()
+    model.train()
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        logged: dict[str, float] = {}
+        total = 0.0
+        for micro in micro_batches[step * config.accumulation:(step + 1) * config.accumulation]:
+            loss, numbers = step_loss(micro)
+            (loss / config.accumulation).backward()
+            total += loss.item() / config.accumulation
+            for key, value in numbers.items():
+                logged[key] = logged.get(key, 0.0) + float(value) / config.accumulation
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        for key, value in (("loss", total), ("lr", optimizer.param_groups[0]["lr"]),
+                           ("seconds", time.perf_counter() - start), *logged.items()):
+            history.setdefault(key, []).append(value)
+        bar.set_postfix(loss=f"{total:.3f}")
+        last = step == config.steps - 1
+        if evaluate is not None and ((config.eval_every and (step + 1) % config.eval_every == 0) or last):
+            model.eval()
+            with torch.no_grad():
+                metrics = evaluate()
+            model.train()
+            history["eval_step"].append(step + 1)
+            for key, value in metrics.items():
+                history.setdefault(f"eval_{key}", []).append(float(value))
+            score = sign * float(metrics[config.monitor])
+            if best is None or score < best:
+                best, waited = score, 0
+                best_state = [p.detach().clone() for p in params]
+                history["best_step"] = step + 1
+            else:
+                waited += 1
+                if config.patience and waited >= config.patience:
+                    history["stopped_early"] = True
+                    break
+    if best_state is not None:
+        with torch.no_grad():
+            for p, saved in zip(params, best_state):
+                p.copy_(saved)
+    model.eval()
+    return history

@@ -1,0 +1,111 @@
+"""course_lib.training: the one loop: accumulation equals a big batch, the schedule's values, the best checkpoint
+comes back, early stopping stops, and SFT trains exactly as the plain loop it replaced."""
+import math
+
+import pytest
+import torch
+
+from course_lib import classify, lora
+from course_lib.models import tiny_model
+from course_lib.training import TrainConfig, lr_at, train
+
+
+def _examples(tokenizer, n=16):
+    texts = [f"ticket number {i} about my order" for i in range(n)]
+    labels = ["delivery", "payment", "account", "feedback"]
+    return [classify.encode_example(tokenizer, t, labels[i % 4]) for i, t in enumerate(texts)]
+
+
+def _adapted(tiny, seed=0):
+    model, tokenizer = tiny
+    torch.manual_seed(seed)
+    lora.inject_lora(model, r=4, alpha=8)
+    for _, layer in lora.lora_layers(model):  # non-zero B, so every step changes the loss
+        torch.nn.init.normal_(layer.lora_B, std=0.02)
+    return model, tokenizer
+
+
+def _state(model):
+    return [p.detach().clone() for p in model.parameters() if p.requires_grad]
+
+
+def test_accumulating_four_micro_batches_equals_one_big_batch(tiny):
+    model, tokenizer = _adapted(tiny)
+    examples = _examples(tokenizer)  # every example has two answer tokens: equal weights per micro-batch
+    start = _state(model)
+    big = [classify.collate(examples[:8], tokenizer.pad_token_id)]
+    small = [classify.collate(examples[i:i + 2], tokenizer.pad_token_id) for i in range(0, 8, 2)]
+    loss = lambda batch: (classify.answer_loss(model, batch), {})
+    train(model, big, loss, TrainConfig(steps=1, lr=1e-2), progress=False)
+    after_big = _state(model)
+    with torch.no_grad():
+        for p, s in zip((p for p in model.parameters() if p.requires_grad), start):
+            p.copy_(s)
+    history = train(model, small, loss, TrainConfig(steps=1, lr=1e-2, accumulation=4), progress=False)
+    for a, b in zip(after_big, _state(model)):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    assert len(history["loss"]) == 1
+
+
+def test_schedule_values():
+    cfg = TrainConfig(steps=10, lr=1.0, warmup_steps=2, schedule="cosine")
+    assert [lr_at(s, cfg) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_at(2, cfg) == 1.0 and lr_at(6, cfg) == pytest.approx(0.5) and lr_at(9, cfg) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    linear = TrainConfig(steps=5, lr=2.0, schedule="linear")
+    assert [lr_at(s, linear) for s in range(5)] == pytest.approx([2.0, 1.6, 1.2, 0.8, 0.4])
+    assert [lr_at(s, TrainConfig(steps=3, lr=0.1)) for s in range(3)] == [0.1, 0.1, 0.1]
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(steps=3, schedule="step")
+
+
+def test_best_checkpoint_is_restored_and_early_stopping_stops(tiny):
+    model, tokenizer = _adapted(tiny)
+    batches = [classify.collate(_examples(tokenizer)[:4], tokenizer.pad_token_id)] * 12
+    scores = iter([0.5, 0.9, 0.7, 0.6, 0.95, 0.4])  # the validation metric after each evaluation (higher is better)
+    saved = {}
+
+    def evaluate():
+        value = next(scores)
+        saved[value] = _state(model)
+        return {"accuracy": value}
+
+    history = train(model, batches, lambda b: (classify.answer_loss(model, b), {"tokens": 2.0}),
+                    TrainConfig(steps=12, lr=5e-2, eval_every=2, monitor="accuracy", mode="max", patience=2),
+                    evaluate=evaluate, progress=False)
+    # evaluations after steps 2, 4, 6, 8: 0.5, 0.9 (best), 0.7, 0.6 -> two without improvement: stop
+    assert history["eval_step"] == [2, 4, 6, 8] and history["eval_accuracy"] == [0.5, 0.9, 0.7, 0.6]
+    assert history["stopped_early"] and history["best_step"] == 4 and len(history["loss"]) == 8
+    assert history["tokens"] == [2.0] * 8
+    for a, b in zip(saved[0.9], _state(model)):  # the weights the model ends with are the best evaluation's
+        assert torch.equal(a, b)
+    assert not model.training
+
+
+def test_sft_trains_exactly_as_the_plain_loop_it_replaced(tiny):
+    model, tokenizer = _adapted(tiny)
+    examples = _examples(tokenizer)
+    reference = _adapted(tiny_model(seed=0))[0]
+    # the plain loop: AdamW, one seeded shuffle read cyclically, answer-only loss
+    params = [p for p in reference.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    losses = []
+    for idx in classify.batch_indices(len(examples), 5, 4, seed=0):
+        loss = classify.answer_loss(reference, classify.collate([examples[i] for i in idx], tokenizer.pad_token_id))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    history = classify.train_sft(model, examples, tokenizer.pad_token_id, steps=5, batch_size=4, lr=1e-2, progress=False)
+    assert history["loss"] == pytest.approx(losses, abs=1e-6)
+    for a, b in zip(_state(reference), _state(model)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_bad_settings_are_refused(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train(model.requires_grad_(False), [None], lambda b: (None, {}), TrainConfig(steps=1), progress=False)
+    model, tokenizer = _adapted(tiny)
+    with pytest.raises(ValueError, match="need 6 batches, got 2"):
+        train(model, [None, None], lambda b: (None, {}), TrainConfig(steps=3, accumulation=2), progress=False)
