@@ -17,13 +17,17 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def plot_loss(losses: Sequence[float], title: str = "Training loss", window: int = 5, ax=None):
-    """Loss per step (faint) and its moving average; returns the figure."""
+def plot_loss(losses: Sequence[float], title: str = "Training loss", window: int = 5, ax=None,
+              validation: tuple[Sequence[int], Sequence[float]] | None = None):
+    """Training loss per step (faint) and its moving average, and (steps, losses) of the validation set if
+    given; returns the figure."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     steps = range(1, len(losses) + 1)
-    ax.plot(steps, losses, alpha=0.35, label="per step")
-    ax.plot(steps, moving_average(losses, window), label=f"mean of last {window}")
+    ax.plot(steps, losses, alpha=0.35, label="train, per step")
+    ax.plot(steps, moving_average(losses, window), label=f"train, mean of last {window}")
+    if validation is not None:
+        ax.plot(list(validation[0]), list(validation[1]), "o-", color="black", label="validation")
     ax.set(xlabel="optimizer step", ylabel="cross-entropy (answer tokens)", title=title, yscale="log")
     ax.legend()
     ax.grid(alpha=0.3)

@@ -15,6 +15,9 @@ def test_moving_average_is_trailing():
 def test_plots_show_their_data():
     ax = plot_loss([3.0, 2.0, 1.0]).axes[0]
     assert [list(line.get_ydata()) for line in ax.get_lines()] == [[3.0, 2.0, 1.0], [3.0, 2.5, 2.0]]
+    ax = plot_loss([3.0, 2.0, 1.0], validation=([2, 3], [2.5, 1.8])).axes[0]
+    assert list(ax.get_lines()[2].get_xdata()) == [2, 3] and list(ax.get_lines()[2].get_ydata()) == [2.5, 1.8]
+    assert ax.get_legend_handles_labels()[1][-1] == "validation"
     fig = plot_accuracy(0.25, 0.9, chance=0.2)
     assert [t.get_text() for t in fig.axes[0].texts] == ["25%", "90%"]
     fig = plot_nf4_levels([0.1, -0.5, 0.9], [-1.0, 0.0, 1.0])
