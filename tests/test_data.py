@@ -138,3 +138,13 @@ def test_the_shipped_reply_adapter_generates_as_recorded():
                                max_new_tokens=measured["generation"]["max_new_tokens"], progress=False)
     # greedy decoding: the same replies, unless another CPU's rounding flips a near tie late in a reply
     assert sum(r == it["fine-tuned"] for r, it in zip(replies, items)) >= 3
+
+
+def test_overfitting_measurement_is_complete_and_names_its_best_step():
+    measured = json.loads((ROOT / "course_lib" / "data" / "measurements" / "overfitting_tickets.json").read_text())
+    recipe = measured["recipe"]
+    assert len(measured["train_loss"]) == recipe["steps"]
+    assert measured["eval_step"] == list(range(recipe["eval_every"], recipe["steps"] + 1, recipe["eval_every"]))
+    losses = measured["eval_loss"]
+    assert measured["best_step"] == measured["eval_step"][losses.index(min(losses))]
+    assert all(0 <= a <= 1 for a in measured["eval_accuracy"])
