@@ -150,13 +150,14 @@ def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]],
               accumulation: int = 1, warmup_steps: int = 0, schedule: str = "constant",
               validation: Sequence[tuple[list[int], list[int]]] | None = None, eval_every: int = 0,
               patience: int = 0, metric: Callable[[], dict[str, float]] | None = None, monitor: str = "loss",
-              mode: str = "min") -> dict:
+              mode: str = "min", accelerator=None) -> dict:
     """Supervised fine-tuning of the trainable parameters of ``model`` on (input_ids, labels) examples (labels
     -100 where no loss is wanted) with :func:`course_lib.training.train`: ``steps`` optimizer steps of
     ``batch_size`` examples (from one seeded shuffle, :func:`batch_indices`), each made of ``accumulation``
     micro-batches. With ``validation`` examples, the validation loss (and ``metric()``'s numbers, e.g. accuracy)
     every ``eval_every`` steps picks the best checkpoint, restored at the end (``monitor``, ``mode``,
-    ``patience`` as in :class:`~course_lib.training.TrainConfig`).
+    ``patience`` as in :class:`~course_lib.training.TrainConfig`). With an ``accelerate.Accelerator`` over N
+    processes, each trains on every N-th example of each micro-batch (``scripts/train_distributed.py``).
 
     Returns the history: per step ``loss``, ``lr``, ``seconds``; per evaluation ``eval_step`` and ``eval_*``.
     """
@@ -166,6 +167,11 @@ def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]],
                          schedule=schedule, eval_every=eval_every, patience=patience, monitor=monitor, mode=mode)
     device = next(p for p in model.parameters()).device
     micro = batch_indices(len(examples), steps * accumulation, batch_size // accumulation, seed)
+    if accelerator is not None and accelerator.num_processes > 1:
+        rank, world = accelerator.process_index, accelerator.num_processes
+        if (batch_size // accumulation) % world:
+            raise ValueError(f"micro-batches of {batch_size // accumulation} do not split over {world} processes")
+        micro = [idx[rank::world] for idx in micro]
 
     def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict]:
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
@@ -175,4 +181,5 @@ def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]],
         scores = {"loss": eval_loss(model, validation, pad_id)} if validation is not None else {}
         return {**scores, **(metric() if metric else {})}
 
-    return train(model, micro, step_loss, config, evaluate if validation is not None or metric else None, progress)
+    return train(model, micro, step_loss, config, evaluate if validation is not None or metric else None, progress,
+                 accelerator=accelerator)

@@ -5,6 +5,10 @@
 - **Learning-rate schedule**: linear warmup from lr / warmup_steps to lr over ``warmup_steps``, then constant,
   linear decay or cosine decay to 0 at the last step (Loshchilov & Hutter, 2017, SGDR, without restarts).
 - **Gradient clipping** of the global norm (``max_grad_norm``).
+- **Several processes** (CPUs or GPUs, one machine or many, started by ``torchrun`` or ``accelerate launch``):
+  with an ``accelerate.Accelerator``, each process computes its share of every batch and the gradients are
+  averaged over the processes before the step (what DistributedDataParallel does), so the update equals one
+  process's on the whole batch.
 - **Validation** every ``eval_every`` optimizer steps (and after the last): ``evaluate()`` returns metrics, one
   of which (``monitor``) picks the **best checkpoint**: the trainable parameters (e.g. LoRA adapters) are kept
   in memory whenever it improves and restored at the end. **Early stopping** after ``patience`` evaluations
@@ -66,12 +70,14 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object], tuple[torch.Tensor, dict]],
           config: TrainConfig, evaluate: Callable[[], dict[str, float]] | None = None,
-          progress: bool = True, desc: str = "training") -> dict:
+          progress: bool = True, desc: str = "training", accelerator=None) -> dict:
     """Train the trainable parameters of ``model`` with AdamW on ``micro_batches`` (at least ``config.steps *
     config.accumulation`` of them, used in order). ``step_loss(batch)`` returns the batch's loss and a dict of
     numbers to log. Returns the history: per optimizer step ``loss``, ``lr``, ``seconds`` and each logged number
     (averaged over the step's micro-batches); per evaluation ``eval_step`` and each metric as ``eval_<name>``;
-    ``best_step`` (the step whose weights the model ends with) and ``stopped_early``."""
+    ``best_step`` (the step whose weights the model ends with) and ``stopped_early``. With several processes
+    (``accelerator``), each passes its own share of the micro-batches; gradients and the logged loss are
+    averaged over the processes."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters: inject LoRA adapters (or unfreeze) first")
@@ -97,6 +103,10 @@ def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object
             total += loss.item() / config.accumulation
             for key, value in numbers.items():
                 logged[key] = logged.get(key, 0.0) + float(value) / config.accumulation
+        if accelerator is not None and accelerator.num_processes > 1:
+            for p in params:
+                p.grad = accelerator.reduce(p.grad, reduction="mean")
+            total = accelerator.reduce(torch.tensor([total], device=params[0].device), reduction="mean").item()
         if config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()

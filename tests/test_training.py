@@ -109,3 +109,54 @@ def test_bad_settings_are_refused(tiny):
     model, tokenizer = _adapted(tiny)
     with pytest.raises(ValueError, match="need 6 batches, got 2"):
         train(model, [None, None], lambda b: (None, {}), TrainConfig(steps=3, accumulation=2), progress=False)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_ticket_adapter_as_one_does(tmp_path):
+    # torchrun starts two CPU processes; accelerate sets up gloo and averages the gradients. Tolerance: the same
+    # losses to 1e-4, the same adapter to 1e-3 in relative norm (summation order differs; Adam turns rounding
+    # noise in near-zero gradients into updates of size lr in single elements).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[1]
+    script = str(root / "scripts" / "train_distributed.py")
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, script, str(tmp_path / "one"), "--steps", "6"], check=True, env=env,
+                   capture_output=True, cwd=root)
+    subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", script,
+                    str(tmp_path / "two"), "--steps", "6"], check=True, env=env, capture_output=True, cwd=root)
+    one, two = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-4)
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("one", "two"))
+    assert set(a) == set(b)
+    difference = sum(((a[k] - b[k]) ** 2).sum() for k in a) ** 0.5
+    assert difference / sum((a[k] ** 2).sum() for k in a) ** 0.5 < 1e-3
+
+
+def test_each_process_takes_its_share_of_every_batch(tiny):
+    class Accelerator:  # what train_sft asks of accelerate's Accelerator, for process 1 of 2
+        num_processes, process_index = 2, 1
+
+        def reduce(self, tensor, reduction):
+            return tensor
+
+    model, tokenizer = _adapted(tiny)
+    examples = _examples(tokenizer)
+    seen = []
+    answer_loss = classify.answer_loss
+    try:
+        classify.answer_loss = lambda m, batch: (seen.append(batch["input_ids"].shape[0]), answer_loss(m, batch))[1]
+        classify.train_sft(model, examples, tokenizer.pad_token_id, steps=2, batch_size=4, accumulation=2,
+                           accelerator=Accelerator(), progress=False)
+    finally:
+        classify.answer_loss = answer_loss
+    assert seen == [1, 1, 1, 1]  # micro-batches of 2, one example each for this process
+    with pytest.raises(ValueError, match="do not split over 2 processes"):
+        classify.train_sft(model, examples, tokenizer.pad_token_id, steps=1, batch_size=3, accelerator=Accelerator(),
+                           progress=False)

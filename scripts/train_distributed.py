@@ -1,0 +1,52 @@
+"""Train topic 3's ticket adapter with the course's one loop on several processes, as on several GPUs or machines.
+
+Each process takes its share of every batch; after the backward pass the gradients are averaged over the
+processes (what DistributedDataParallel does), so N processes on batch B compute the same update as one process
+on batch B. Hugging Face ``accelerate`` sets up the processes and the averaging (gloo on CPUs, NCCL on GPUs).
+
+    python scripts/train_distributed.py OUT                             # one process
+    torchrun --nproc_per_node 2 scripts/train_distributed.py OUT        # two CPU processes (gloo)
+    accelerate launch --multi_gpu --num_processes 4 scripts/train_distributed.py OUT   # four GPUs (NCCL)
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_endpoint HOST:29500 scripts/train_distributed.py OUT
+                                                                        # two machines of eight GPUs
+
+OUT gets the adapter in PEFT's format and ``history.json`` (the per-step losses and the process count).
+(On CPUs, ``accelerate launch`` starts one process; torchrun starts several, and Accelerator picks them up.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from course_lib import classify, lora  # noqa: E402
+from course_lib.data import load_tickets  # noqa: E402
+from course_lib.models import load_default_model  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model, tokenizer = load_default_model(device=accelerator.device)
+    torch.manual_seed(0)  # the same adapter initialisation in every process
+    lora.inject_lora(model, r=8, alpha=16, target_modules=("q_proj", "v_proj"))
+    history = classify.train_classifier(model, tokenizer, load_tickets("train"), steps=args.steps, batch_size=8,
+                                        lr=1e-3, seed=0, accelerator=accelerator,
+                                        progress=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        lora.save_adapter(model, args.out, base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+        (args.out / "history.json").write_text(json.dumps({"processes": accelerator.num_processes,
+                                                           "loss": history["loss"]}))
+
+
+if __name__ == "__main__":
+    main()
