@@ -148,3 +148,14 @@ def test_overfitting_measurement_is_complete_and_names_its_best_step():
     losses = measured["eval_loss"]
     assert measured["best_step"] == measured["eval_step"][losses.index(min(losses))]
     assert all(0 <= a <= 1 for a in measured["eval_accuracy"])
+
+
+def test_dpo_ablation_measurement_covers_the_three_recipes_alike():
+    measured = json.loads((ROOT / "course_lib" / "data" / "measurements" / "dpo_ablation.json").read_text())
+    steps = measured["settings"]["steps"]
+    for name in ("SFT on chosen", "DPO", "DPO + NLL"):
+        run = measured[name]
+        assert len(run["loss"]) == steps and 0 <= run["style"] <= 1 and 0 <= run["reward_accuracy"] <= 1
+        # the margin is beta times the difference of the log-likelihood changes
+        assert run["reward_margin"] == pytest.approx(
+            measured["settings"]["beta"] * (run["chosen_logprob_change"] - run["rejected_logprob_change"]), rel=1e-4)
