@@ -137,3 +137,24 @@ def plot_intervals(rows: dict[str, tuple[float, float, float]], xlabel: str, tit
     ax.grid(axis="x", alpha=0.3)
     ax.margins(x=0.25)
     return fig
+
+
+def plot_lora_sweep(sweeps: dict[str, list[dict]], metric: str = "validation_accuracy"):
+    """One panel per swept setting (``scripts/sweep_lora.py``): ``metric`` against the setting's values, each
+    point labelled with its training time; returns the figure."""
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(3.3 * len(sweeps), 3.2), squeeze=False)
+    for ax, (setting, runs) in zip(axes[0], sweeps.items()):
+        key = {"rank": "r"}.get(setting, setting)
+        labels = [("all linear" if len(run[key]) > 2 else "+".join(run[key])) if key == "targets" else f"{run[key]:g}"
+                  for run in runs]
+        values = [run[metric] for run in runs]
+        ax.plot(range(len(runs)), values, "o-")
+        for x, (value, run) in enumerate(zip(values, runs)):
+            ax.annotate(f"{run['train_seconds']:.0f} s", (x, value), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=8)
+        ax.set_xticks(range(len(runs)), labels)
+        ax.set(title=setting, xlabel=setting, ylim=(0, 1.05))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric.replace("_", " "))
+    fig.tight_layout()
+    return fig

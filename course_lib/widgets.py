@@ -32,7 +32,7 @@ def lora_summary(shape: TransformerShape, r: int, alpha: float,
             "llama7b_full_gb": finetune_memory_gb(LLAMA2_7B, "full")["total"]}
 
 
-def _render(s: dict[str, float], name: str) -> str:
+def _render(s: dict[str, float], name: str, measured: dict[int, dict] | None = None) -> str:
     rows = [
         ("scaling alpha / r", f"{s['scaling']:.3g}"),
         (f"trainable parameters ({name})", f"{s['trainable']:,} of {s['total']:,} ({s['percent']:.3f}%)"),
@@ -42,20 +42,26 @@ def _render(s: dict[str, float], name: str) -> str:
         ("Llama-2-7B memory, QLoRA (NF4 base)", f"{s['llama7b_qlora_gb']:.1f} GB"),
         ("Llama-2-7B memory, full fine-tuning", f"{s['llama7b_full_gb']:.1f} GB"),
     ]
+    if measured is not None:
+        run = measured.get(int(s["r"]))
+        rows.append(("measured on the ticket task (60 steps, alpha = 2r)",
+                     f"validation accuracy {run['validation_accuracy']:.1%}, training {run['train_seconds']:.0f} s"
+                     if run else "not measured at this rank (measured: " + ", ".join(map(str, sorted(measured))) + ")"))
     body = "".join(f"<tr><td style='text-align:left'>{k}</td><td style='text-align:right'><b>{v}</b></td></tr>"
                    for k, v in rows)
     return f"<table>{body}</table><small>Model state only (weights, gradients, Adam); activations excluded.</small>"
 
 
 def lora_rank_explorer(shape: TransformerShape, targets: tuple[str, ...] = ("q_proj", "v_proj"),
-                       r: int = 8, alpha: float = 16.0) -> widgets.VBox:
-    """Sliders for rank and alpha; the table under them recomputes on every change."""
+                       r: int = 8, alpha: float = 16.0, measured: dict[int, dict] | None = None) -> widgets.VBox:
+    """Sliders for rank and alpha; the table under them recomputes on every change. ``measured`` maps a rank
+    to a run of ``scripts/sweep_lora.py`` (``validation_accuracy``, ``train_seconds``), shown at that rank."""
     rank = widgets.IntSlider(value=r, min=1, max=256, description="rank r", continuous_update=True)
     alpha_slider = widgets.FloatSlider(value=alpha, min=1, max=512, step=1, description="alpha")
     table = widgets.HTML()
 
     def update(_=None) -> None:
-        table.value = _render(lora_summary(shape, rank.value, alpha_slider.value, targets), shape.name)
+        table.value = _render(lora_summary(shape, rank.value, alpha_slider.value, targets), shape.name, measured)
 
     rank.observe(update, names="value")
     alpha_slider.observe(update, names="value")

@@ -4,7 +4,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 from course_lib.plots import (moving_average, plot_accuracy, plot_confusion_matrices, plot_dpo_runs, plot_intervals,
-                              plot_loss, plot_nf4_levels, plot_perplexity_vs_memory, plot_reward_distributions)
+                              plot_lora_sweep, plot_loss, plot_nf4_levels, plot_perplexity_vs_memory,
+                              plot_reward_distributions)
 
 
 def test_moving_average_is_trailing():
@@ -47,3 +48,15 @@ def test_evaluation_plots_show_their_data():
     ax = fig.axes[0]
     assert [list(line.get_xdata()) for line in ax.get_lines()] == [[0.4, 0.6], [0.5], [0.7, 0.85], [0.8]]
     assert [t.get_text() for t in ax.texts] == ["0.500 [0.400, 0.600]", "0.800 [0.700, 0.850]"]
+
+
+def test_lora_sweep_plot_shows_each_setting():
+    run = lambda **kw: {"r": 8, "alpha": 16, "lr": 1e-3, "targets": ["q_proj", "v_proj"], "train_seconds": 80.0,
+                        "validation_accuracy": 0.9, **kw}
+    fig = plot_lora_sweep({"rank": [run(r=1, validation_accuracy=0.5), run()],
+                           "targets": [run(), run(targets=["q_proj", "k_proj", "v_proj"], train_seconds=150.0)]})
+    rank_ax, targets_ax = fig.axes
+    assert list(rank_ax.get_lines()[0].get_ydata()) == [0.5, 0.9]
+    assert [t.get_text() for t in rank_ax.get_xticklabels()] == ["1", "8"]
+    assert [t.get_text() for t in targets_ax.get_xticklabels()] == ["q_proj+v_proj", "all linear"]
+    assert [t.get_text() for t in targets_ax.texts] == ["80 s", "150 s"]
