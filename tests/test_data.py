@@ -159,3 +159,15 @@ def test_dpo_ablation_measurement_covers_the_three_recipes_alike():
         # the margin is beta times the difference of the log-likelihood changes
         assert run["reward_margin"] == pytest.approx(
             measured["settings"]["beta"] * (run["chosen_logprob_change"] - run["rejected_logprob_change"]), rel=1e-4)
+
+
+def test_lora_sweep_changes_one_setting_at_a_time_around_the_recipe():
+    measured = json.loads((ROOT / "course_lib" / "data" / "measurements" / "lora_sweep.json").read_text())
+    base = measured["base"]
+    keys = {"rank": ("r", "alpha"), "lr": ("lr",), "alpha": ("alpha",), "targets": ("targets",)}
+    for sweep, runs in measured["sweeps"].items():
+        assert any(all(run[k] == base[k] for k in base) for run in runs), f"{sweep} lacks the recipe itself"
+        for run in runs:
+            assert {k for k in base if run[k] != base[k]} <= set(keys[sweep]), (sweep, run)
+            assert 0 <= run["validation_accuracy"] <= 1 and run["train_seconds"] > 0
+    assert [run["r"] for run in measured["sweeps"]["rank"]] == [1, 4, 8, 16, 64]
