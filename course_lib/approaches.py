@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from . import classify, metrics
-from .align import render_chat
 from .data import TICKET_LABELS
 from .decision import CostModel
 from .retrieval import Retriever, few_shot_messages
+from .sft import render_chat
 
 APPROACHES = ("zero-shot", "few-shot", "RAG few-shot", "fine-tuned")
 

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .align import generate_replies, sequence_logprobs, sft_example
-from .classify import collate
+from .align import generate_replies, sequence_logprobs
 from .metrics import accuracy
 from .retrieval import Retriever
+from .sft import collate, sft_example
 
 SHOP = "Brightmoor Home Supplies"
 PLAIN_SYSTEM = f"You answer customer questions for {SHOP} in one short sentence."

@@ -18,6 +18,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -64,6 +65,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.empty(base_layer.out_features, r, **factory))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False  # set by adapters_disabled(): the layer computes its base alone
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
@@ -77,7 +79,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return result
         return result + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
 
@@ -148,6 +150,28 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
             yield name, module
 
 
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, ``model`` computes as its frozen base, every LoRA adapter switched off (PEFT's
+    ``disable_adapter()``; a PEFT model is handed to that): the reference policy of DPO, or the base model's
+    answer for comparison, without a second copy of the weights."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+        return
+    layers = [layer for _, layer in lora_layers(model)]
+    if any(layer.merged for layer in layers):
+        raise ValueError("the adapters are merged into the weights: unmerge_lora(model) before disabling them")
+    previous = [layer.disabled for layer in layers]
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer, state in zip(layers, previous):
+            layer.disabled = state
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Merge every adapter of ``model`` into its base weight (in place)."""
     for _, layer in lora_layers(model):
@@ -175,11 +199,15 @@ def unload_lora(model: nn.Module) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; tied weights counted once, as PEFT does."""
+    """(trainable, total) parameter counts; tied weights counted once, as PEFT does. A quantized weight counts as
+    the parameters it stands for, not its storage: a :class:`QuantLinear` (whose codes are buffers) as
+    in_features x out_features, a bitsandbytes 4-bit weight (two codes per byte) as twice its bytes."""
     trainable = total = 0
     for p in model.parameters():
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
+        n = p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)
+        total += n
+        trainable += n if p.requires_grad else 0
+    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantLinear))
     return trainable, total
 
 

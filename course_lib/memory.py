@@ -6,8 +6,9 @@ sequence length), with mixed-precision Adam as in the QLoRA paper's accounting (
 * full fine-tuning: every parameter holds fp16 weight (2 B) + fp16 gradient (2 B) + fp32 master weight
   (4 B) + Adam's two fp32 moments (8 B) = 16 bytes;
 * LoRA: frozen base weights in fp16 (2 B each) + 16 B for each adapter parameter;
-* QLoRA: frozen base weights in NF4 with double quantization (4.127 bits each, see topic 4) + 16 B for
-  each adapter parameter.
+* QLoRA: the frozen linear layers of the blocks in NF4 with double quantization (4.127 bits each, see
+  topic 4), the rest of the base (embeddings, LM head, norms) in 16-bit as bitsandbytes keeps them (and
+  ``quant.quantize_model`` too), + 16 B for each adapter parameter.
 """
 from __future__ import annotations
 
@@ -80,6 +81,12 @@ def parameter_count(shape: TransformerShape) -> int:
     return embed + shape.num_layers * block + shape.hidden_size + head
 
 
+def block_linear_parameter_count(shape: TransformerShape) -> int:
+    """Weights of the seven linear layers of every block: what QLoRA quantizes (not the embeddings, the LM
+    head or the norms)."""
+    return shape.num_layers * sum(o * i for o, i in linear_shapes(shape).values())
+
+
 def lora_trainable(shape: TransformerShape, r: int, targets: tuple[str, ...] = ("q_proj", "v_proj")) -> int:
     """Adapter parameters for rank ``r`` on the named linear layers of every block: r * (d_in + d_out) each."""
     shapes = linear_shapes(shape)
@@ -99,8 +106,9 @@ def finetune_memory_gb(shape: TransformerShape, method: str, r: int = 8,
     if method == "full":
         frozen, trained = 0.0, n * BYTES_PER_TRAINED_PARAM
     elif method in ("lora", "qlora"):
-        bytes_per_frozen = 2 if method == "lora" else NF4_DQ_BITS / 8
-        frozen, trained = n * bytes_per_frozen, lora_trainable(shape, r, targets) * BYTES_PER_TRAINED_PARAM
+        quantized = block_linear_parameter_count(shape) if method == "qlora" else 0
+        frozen = quantized * NF4_DQ_BITS / 8 + (n - quantized) * 2
+        trained = lora_trainable(shape, r, targets) * BYTES_PER_TRAINED_PARAM
     else:
         raise ValueError(f"method must be 'full', 'lora' or 'qlora', got {method!r}")
     return {"frozen_weights": frozen / GB, "trained_state": trained / GB, "total": (frozen + trained) / GB}

@@ -62,12 +62,19 @@ def _check_block(block_size: int) -> None:
 
 # --- INT8 ------------------------------------------------------------------------------------------------
 
+def _check_bits(bits: int) -> None:
+    """Codes are stored as int8: 2 to 8 bits fit; more would overflow silently, 1 leaves no level but 0."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise QuantizationError(f"bits must be an integer from 2 to 8 (codes are stored as int8), got {bits!r}")
+
+
 def absmax_quantize(w: torch.Tensor, bits: int = 8, per_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric absmax quantization: ``q = round(w / s)``, ``s = absmax / (2^(bits-1) - 1)``.
 
     Returns (int8 codes, fp32 scale); the scale is per tensor, or per output row (shape (rows, 1)).
     """
     _check(w, two_d=per_row)
+    _check_bits(bits)
     qmax = 2 ** (bits - 1) - 1
     w = w.float()
     absmax = w.abs().amax(dim=1, keepdim=True) if per_row else w.abs().max()
@@ -89,6 +96,7 @@ def zeropoint_quantize(w: torch.Tensor, bits: int = 8,
     Uses every code even when the weights are not centred on zero. Returns (int8 codes, scale, zero point).
     """
     _check(w, two_d=per_row)
+    _check_bits(bits)
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     w = w.float()
     # The range always includes 0, so that 0.0 is exactly representable (padding, ReLU zeros, pruned weights).
@@ -285,8 +293,7 @@ def fake_quantize(w: torch.Tensor, bits: int, block_size: int | None = 64) -> to
     [-(2^(bits-1) - 1), 2^(bits-1) - 1], per block of ``block_size`` weights (per output row if None).
     Returns the weights the quantized model would compute with; for exploring bit widths (2 to 8)."""
     _check(w, two_d=block_size is None)
-    if not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise QuantizationError(f"bits must be an integer from 2 to 8, got {bits!r}")
+    _check_bits(bits)
     qmax = 2 ** (bits - 1) - 1
     if block_size is None:
         absmax = w.float().abs().amax(dim=1, keepdim=True).clamp_min(1e-38)
@@ -408,11 +415,27 @@ def tensor_bytes(module: nn.Module) -> int:
 
 def linear_weight_bytes(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> int:
     """Bytes held by the weights (codes and constants; biases excluded) of every nn.Linear / QuantLinear
-    whose name does not end with an entry of ``skip``: what quantization shrinks."""
+    whose name does not end with an entry of ``skip``: what quantization shrinks. bitsandbytes' layers
+    (``Linear4bit``, ``Linear8bitLt``: subclasses of nn.Linear) count their constants too (:func:`_bnb_constant_bytes`)."""
     total = 0
     for name, m in model.named_modules():
         if isinstance(m, (nn.Linear, QuantLinear)) and not name.endswith(skip):
             total += sum(t.numel() * t.element_size() for n, t in
                          list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))
                          if n != "bias")
+            total += _bnb_constant_bytes(m.weight) if isinstance(m, nn.Linear) else 0
     return total
+
+
+def _bnb_constant_bytes(weight: torch.Tensor) -> int:
+    """Bytes of the quantization constants bitsandbytes keeps beside a weight rather than as buffers (so
+    ``get_memory_footprint`` misses them): a 4-bit weight's absmax (with double quantization: its 8-bit codes,
+    their fp32 scales and offset), an 8-bit weight's per-row scales (SCB). The fixed 16- and 256-entry code
+    tables are not counted, as they are not in course_lib's layers."""
+    size = lambda t: 0 if t is None else t.numel() * t.element_size()  # noqa: E731
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        return size(getattr(weight, "SCB", None))
+    if not state.nested:
+        return size(state.absmax)
+    return size(state.absmax) + size(state.state2.absmax) + size(state.offset)

@@ -1,7 +1,7 @@
 """Tripwires on reference implementations: which of them run while a learner's function is being graded.
 
 An exercise may declare the reference implementations it asks the learner to write (``lora.lora_scaling``,
-``align.dpo_loss``, a whole package such as ``peft``). While the grader calls the learner's function, a profile
+``dpo.dpo_loss``, a whole package such as ``peft``). While the grader calls the learner's function, a profile
 hook (``sys.setprofile``, also set for threads started during the call) watches every Python frame that starts
 and every built-in that is called: a frame whose code belongs to a declared function or class (matched by file
 and qualified name, so aliases, ``sys.modules``, computed names, ``exec`` and copies of ``__code__`` are all

@@ -136,7 +136,7 @@ def defined_functions(source: str) -> list[str]:
 
 
 def reference_uses(source: str, forbidden: list[str]) -> list[str]:
-    """Which of ``forbidden`` (dotted names such as 'align.dpo_loss', or module names such as 'trl') the code
+    """Which of ``forbidden`` (dotted names such as 'dpo.dpo_loss', or module names such as 'trl') the code
     names through imports (aliases resolved) or attribute chains. A first line only: strings never count (a
     learner may print a function's name), and what this misses (computed names, ``exec``) the tripwires of
     :mod:`course_lib.tripwire` see when the function runs. Code that cannot be parsed names nothing."""

@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from course_lib import align
-from course_lib.classify import batch_indices
+from course_lib import align, dpo
+from course_lib.sft import batch_indices
 from course_lib.data import load_preferences
 from course_lib.lora import inject_lora
 from course_lib.models import load_default_model
@@ -36,8 +36,8 @@ SETTINGS = {"steps": 16, "batch_size": 4, "lr": 1e-3, "beta": 0.1, "sft_weight":
 
 
 def heldout(model, tokenizer, pairs, ref, tickets) -> dict:
-    chosen, rejected = align.pair_logprobs(model, tokenizer, pairs)
-    out = align.dpo_loss(chosen, rejected, *ref, beta=SETTINGS["beta"])
+    chosen, rejected = dpo.pair_logprobs(model, tokenizer, pairs)
+    out = dpo.dpo_loss(chosen, rejected, *ref, beta=SETTINGS["beta"])
     replies = align.generate_replies(model, tokenizer, tickets, max_new_tokens=SETTINGS["max_new_tokens"])
     return {"reward_accuracy": out.accuracy, "reward_margin": out.margins.mean().item(),
             "style": align.style_report(replies), "replies": replies[:4]}
@@ -46,11 +46,11 @@ def heldout(model, tokenizer, pairs, ref, tickets) -> dict:
 def run_ours(pairs, test_pairs, tickets) -> dict:
     torch.manual_seed(SETTINGS["seed"])
     model, tokenizer = load_default_model(device="cpu")
-    ref = align.pair_logprobs(model, tokenizer, test_pairs)
+    ref = dpo.pair_logprobs(model, tokenizer, test_pairs)
     before = heldout(model, tokenizer, test_pairs, ref, tickets)
     inject_lora(model, r=SETTINGS["r"], alpha=SETTINGS["alpha"], target_modules=SETTINGS["targets"])
     start = time.perf_counter()
-    history = align.train_dpo(model, tokenizer, pairs, steps=SETTINGS["steps"],
+    history = dpo.train_dpo(model, tokenizer, pairs, steps=SETTINGS["steps"],
                               batch_size=SETTINGS["batch_size"], lr=SETTINGS["lr"], beta=SETTINGS["beta"],
                               sft_weight=SETTINGS["sft_weight"], seed=SETTINGS["seed"])
     seconds = time.perf_counter() - start

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from course_lib import align, classify, lora  # noqa: E402
+from course_lib import align, lora, sft  # noqa: E402
 from course_lib.data import load_preferences, reply_adapter_path  # noqa: E402
 from course_lib.models import load_default_model, use_cores  # noqa: E402
 
@@ -33,9 +33,9 @@ def main() -> None:
     model, tokenizer = load_default_model(device="cpu")
     lora.inject_lora(model, r=RECIPE["r"], alpha=RECIPE["alpha"], target_modules=tuple(RECIPE["target_modules"]))
     pairs = load_preferences("train")
-    examples = [align.sft_example(tokenizer, align.chat(p["prompt"], p["chosen"])) for p in pairs]
+    examples = [sft.sft_example(tokenizer, align.chat(p["prompt"], p["chosen"])) for p in pairs]
     start = time.perf_counter()
-    history = classify.train_sft(model, examples, tokenizer.pad_token_id, steps=RECIPE["steps"],
+    history = sft.train_sft(model, examples, tokenizer.pad_token_id, steps=RECIPE["steps"],
                                  batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], seed=RECIPE["seed"])
     seconds = time.perf_counter() - start
     folder = lora.save_adapter(model, reply_adapter_path(), base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from course_lib import approaches, classify, knowledge, lora  # noqa: E402
+from course_lib import approaches, knowledge, lora, sft  # noqa: E402
 from course_lib.data import load_policies, load_tickets, ticket_adapter_path  # noqa: E402
 from course_lib.models import load_default_model, load_minilm, use_cores  # noqa: E402
 from course_lib.retrieval import Retriever  # noqa: E402
@@ -79,7 +79,7 @@ def knowledge_task() -> dict:
     torch.manual_seed(QA_RECIPE["seed"])
     lora.inject_lora(model, r=QA_RECIPE["r"], alpha=QA_RECIPE["alpha"], target_modules=tuple(QA_RECIPE["target_modules"]))
     start = time.perf_counter()
-    history = classify.train_sft(model, knowledge.training_examples(tokenizer, questions), tokenizer.pad_token_id,
+    history = sft.train_sft(model, knowledge.training_examples(tokenizer, questions), tokenizer.pad_token_id,
                                  steps=QA_RECIPE["steps"], batch_size=QA_RECIPE["batch_size"], lr=QA_RECIPE["lr"],
                                  seed=QA_RECIPE["seed"])
     seconds = time.perf_counter() - start

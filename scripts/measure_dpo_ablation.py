@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from course_lib import align, classify, lora  # noqa: E402
+from course_lib import align, dpo, lora, sft  # noqa: E402
 from course_lib.data import load_preferences  # noqa: E402
 from course_lib.models import load_default_model, use_cores  # noqa: E402
 
@@ -44,9 +44,9 @@ def perplexity_under(model, tokenizer, tickets: list[str], replies: list[str]) -
     for ticket, reply in zip(tickets, replies):
         if not reply.strip():
             continue
-        batch = classify.collate([align.sft_example(tokenizer, align.chat(ticket, reply))], tokenizer.pad_token_id)
+        batch = sft.collate([sft.sft_example(tokenizer, align.chat(ticket, reply))], tokenizer.pad_token_id)
         total += align.sequence_logprobs(model, batch).item()
-        tokens += (batch["labels"][:, 1:] != classify.IGNORE_INDEX).sum().item()
+        tokens += (batch["labels"][:, 1:] != sft.IGNORE_INDEX).sum().item()
     return math.exp(-total / tokens)
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     heldout = test_pairs[:SETTINGS["heldout_pairs"]]
     tickets = [p["prompt"] for p in test_pairs[-SETTINGS["tickets"]:]]
     base, tokenizer = load_default_model(device="cpu")
-    ref = align.pair_logprobs(base, tokenizer, heldout, progress=False)
+    ref = dpo.pair_logprobs(base, tokenizer, heldout, progress=False)
     base_replies = align.generate_replies(base, tokenizer, tickets, max_new_tokens=SETTINGS["max_new_tokens"])
     result = {"settings": SETTINGS, "base": {
         "style": align.style_report(base_replies)["compliant"],
@@ -69,15 +69,15 @@ def main() -> None:
         lora.inject_lora(model, r=SETTINGS["r"], alpha=SETTINGS["alpha"], target_modules=TARGETS)
         start = time.perf_counter()
         if sft_weight is None:
-            examples = [align.sft_example(tokenizer, align.chat(p["prompt"], p["chosen"])) for p in train_pairs]
-            history = classify.train_sft(model, examples, tokenizer.pad_token_id, steps=SETTINGS["steps"],
+            examples = [sft.sft_example(tokenizer, align.chat(p["prompt"], p["chosen"])) for p in train_pairs]
+            history = sft.train_sft(model, examples, tokenizer.pad_token_id, steps=SETTINGS["steps"],
                                          batch_size=SETTINGS["batch_size"], lr=SETTINGS["lr"], seed=SETTINGS["seed"])
         else:
-            history = align.train_dpo(model, tokenizer, train_pairs, steps=SETTINGS["steps"],
+            history = dpo.train_dpo(model, tokenizer, train_pairs, steps=SETTINGS["steps"],
                                       batch_size=SETTINGS["batch_size"], lr=SETTINGS["lr"], beta=SETTINGS["beta"],
                                       sft_weight=sft_weight, seed=SETTINGS["seed"])
         seconds = time.perf_counter() - start
-        after = align.dpo_loss(*align.pair_logprobs(model, tokenizer, heldout, progress=False), *ref,
+        after = dpo.dpo_loss(*dpo.pair_logprobs(model, tokenizer, heldout, progress=False), *ref,
                                beta=SETTINGS["beta"])
         replies = align.generate_replies(model, tokenizer, tickets, max_new_tokens=SETTINGS["max_new_tokens"])
         result[name] = {

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from course_lib import classify, lora
+from course_lib import classify, lora, sft
 from course_lib.data import TICKET_LABELS, load_tickets
-from course_lib.grading import assert_number_close, assert_tensors_close
+from course_lib.grading import assert_tensors_close
 
 
 def test_encode_example_trains_only_the_answer(tiny):
@@ -16,15 +16,6 @@ def test_encode_example_trains_only_the_answer(tiny):
     answer = labels[len(prompt):]
     assert tokenizer.decode(answer) == "delivery<|im_end|>"
     assert "support ticket" in tokenizer.decode(prompt) and tokenizer.decode(prompt).endswith("assistant\n")
-
-
-def test_answer_loss_equals_full_loss(tiny):
-    model, tokenizer = tiny
-    rows = load_tickets("train")[:4]
-    batch = classify.collate([classify.encode_example(tokenizer, r["text"], r["label"]) for r in rows],
-                             tokenizer.pad_token_id)
-    assert (batch["attention_mask"] == 0).any(), "rows of different lengths are needed to test padding"
-    assert_number_close(classify.answer_loss(model, batch), model(**batch).loss.item(), atol=1e-6, rtol=0)
 
 
 def test_label_logits_do_not_depend_on_padding(tiny):
@@ -63,10 +54,15 @@ def test_training_needs_trainable_parameters(tiny):
         classify.train_classifier(model, tokenizer, load_tickets("train")[:2], steps=1, progress=False)
 
 
-def test_batch_indices_visit_every_example_once_per_epoch_in_a_seeded_order():
-    batches = classify.batch_indices(10, steps=5, batch_size=4, seed=3)
-    assert [len(b) for b in batches] == [4] * 5
-    flat = [i for b in batches for i in b]
-    assert sorted(flat[:10]) == list(range(10)) and flat[:10] != list(range(10))  # shuffled, each once
-    assert flat[10:] == flat[:10]  # the second epoch repeats the order, across a batch boundary
-    assert classify.batch_indices(10, 5, 4, seed=3) == batches != classify.batch_indices(10, 5, 4, seed=4)
+def test_encode_example_ends_the_answer_as_the_chat_template_does(tiny):
+    """The answer ends with the template's end-of-turn token, not a hard-coded ChatML one: with a template that
+    closes assistant turns with <|endoftext|> (and that as eos), that is what the answer ends with."""
+    _, tokenizer = tiny
+    tokenizer.chat_template = ("{% for m in messages %}{% if m.role == 'assistant' %}Answer:\n{{ m.content }}"
+                               "<|endoftext|>\n{% else %}{{ m.role }}: {{ m.content }}\n{% endif %}{% endfor %}"
+                               "{% if add_generation_prompt %}Answer:\n{% endif %}")
+    tokenizer.eos_token = "<|endoftext|>"
+    ids, labels = classify.encode_example(tokenizer, "My parcel is late.", "delivery")
+    answer = [lab for lab in labels if lab != sft.IGNORE_INDEX]
+    assert tokenizer.decode(answer) == "delivery<|endoftext|>" and ids[-len(answer):] == answer
+    assert ids[:len(ids) - len(answer)] == classify.prompt_ids(tokenizer, "My parcel is late.")

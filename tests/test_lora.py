@@ -249,3 +249,25 @@ def test_equal_to_peft_on_smollm2(smollm2):
     peft_layer = peft_modules[name]
     assert_tensors_close(layer.lora_B.grad, peft_layer.lora_B["default"].weight.grad, atol=1e-6, rtol=1e-4)
     assert lora.count_parameters(ours) == theirs.get_nb_trainable_parameters() == (921_600, 135_436_608)
+
+
+def test_parameter_counts_of_quantized_models_count_the_quantized_weights(tiny, tmp_path):
+    """Quantizing must not shrink the total (which would overstate the trainable share): course_lib's QuantLinear
+    and a bitsandbytes 4-bit model loaded the library way count as the fp32 model does, and PEFT agrees."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from course_lib import quant
+
+    model, _ = tiny
+    _, total = lora.count_parameters(model)
+    model.save_pretrained(tmp_path)
+    quant.quantize_model(model, "nf4-dq")
+    lora.inject_lora(model, r=4)
+    trainable, quantized_total = lora.count_parameters(model)
+    assert quantized_total == total + trainable
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    bnb_model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=config, device_map="cpu")
+    peft_model = get_peft_model(bnb_model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert lora.count_parameters(peft_model) == peft_model.get_nb_trainable_parameters() == (trainable, total + trainable)

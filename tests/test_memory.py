@@ -31,7 +31,11 @@ def test_finetune_memory_7b():
     assert lora_mem["trained_state"] == pytest.approx(32 * 2 * 8 * 8192 * 16 / 1e9)
     qlora = finetune_memory_gb(LLAMA2_7B, "qlora", r=8)
     assert NF4_DQ_BITS == pytest.approx(4.127, abs=1e-3)
-    assert qlora["frozen_weights"] == pytest.approx(6_738_415_616 * NF4_DQ_BITS / 8 / 1e9)
+    # NF4 for the 32 x 7 linear layers of the blocks (6,476,005,376 weights); embeddings, LM head and norms in 16-bit.
+    quantized = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+    assert quantized == 6_476_005_376
+    assert qlora["frozen_weights"] == pytest.approx((quantized * NF4_DQ_BITS / 8 + (6_738_415_616 - quantized) * 2) / 1e9)
+    assert qlora["frozen_weights"] == pytest.approx(3.865, abs=1e-3)  # 3.341 GB of codes + 0.524 GB in 16-bit
     assert qlora["total"] < lora_mem["total"] < full["total"]
     assert finetune_memory_gb(LLAMA2_7B, "lora", r=64)["total"] > lora_mem["total"]
 
@@ -49,3 +53,19 @@ def test_llama_family_sizes_and_weight_memory():
     assert list(counts.values()) == [6_738_415_616, 13_015_864_320, 32_528_943_616, 65_285_660_672]
     assert weight_memory_gb(LLAMA_SHAPES["LLaMA-65B"], 16) == pytest.approx(counts["LLaMA-65B"] * 2 / 1e9)
     assert weight_memory_gb(LLAMA_SHAPES["LLaMA-7B"], 4) == pytest.approx(weight_memory_gb(LLAMA2_7B, 16) / 4)
+
+
+def test_qlora_quantizes_only_the_blocks_linear_layers(tiny):
+    """The formula's split matches what quantize_model (and bitsandbytes) do to a real model: the blocks'
+    linear layers become NF4 + DQ codes; the embedding (tied LM head) and the norms stay as they are."""
+    from course_lib import quant
+    from course_lib.memory import block_linear_parameter_count
+
+    model, _ = tiny
+    shape = TransformerShape.from_config(model.config)
+    kept = {n: p.numel() for n, p in model.named_parameters() if "proj" not in n}
+    quant.quantize_model(model, "nf4-dq")
+    assert {n: p.numel() for n, p in model.named_parameters()} == kept
+    assert sum(kept.values()) == parameter_count(shape) - block_linear_parameter_count(shape)
+    assert quant.linear_weight_bytes(model) == pytest.approx(block_linear_parameter_count(shape) * NF4_DQ_BITS / 8,
+                                                             rel=0.01)

@@ -129,7 +129,7 @@ def _nf4(divide=True, use_max=False, search=False):
 
 
 def _sft(start_at_header=False, stop_offset=1, last_only=False, all_tokens=False, truncate="both"):
-    from course_lib.align import render_chat
+    from course_lib.sft import render_chat
 
     def sft_labels(tokenizer, messages, max_length=None):
         ids = render_chat(tokenizer, messages)

@@ -264,3 +264,34 @@ def test_fake_quantize_matches_the_real_quantizers():
     assert errors == sorted(errors, reverse=True)  # more bits, less error
     with pytest.raises(quant.QuantizationError, match="bits must be an integer from 2 to 8"):
         quant.fake_quantize(w, 1, 64)
+
+
+@pytest.mark.parametrize("method", ["int8", "nf4", "nf4-dq"])
+def test_linear_weight_bytes_equal_for_bitsandbytes_layers(method, tmp_path):
+    """A model loaded the library way (BitsAndBytesConfig) holds as many bytes of codes and constants in its
+    linear layers as the same model quantized by course_lib: the formats match, constants included."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from course_lib.models import tiny_model
+
+    model, _ = tiny_model(seed=0, hidden_size=192)
+    model.save_pretrained(tmp_path)
+    config = (BitsAndBytesConfig(load_in_8bit=True) if method == "int8" else
+              BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                                 bnb_4bit_use_double_quant=method == "nf4-dq"))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=config, device_map="cpu",
+                                                  dtype=torch.float32)
+    assert type(loaded.model.layers[0].self_attn.q_proj).__module__.startswith("bitsandbytes")
+    fp32 = quant.linear_weight_bytes(model)
+    quant.quantize_model(model, method)
+    assert quant.linear_weight_bytes(loaded) == quant.linear_weight_bytes(model) < fp32 / 3
+
+
+@pytest.mark.parametrize("quantize", [quant.absmax_quantize, quant.zeropoint_quantize])
+def test_bit_widths_beyond_the_int8_codes_are_refused(quantize):
+    """16-bit codes cast to int8 would wrap around silently (32767 -> -1): refused, as is 1 bit."""
+    w = torch.randn(4, 8)
+    for bits in (1, 9, 16, 4.0):
+        with pytest.raises(quant.QuantizationError, match="bits must be an integer from 2 to 8"):
+            quantize(w, bits=bits)
+    assert quantize(w, bits=2)[0].abs().max() <= 2

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from course_lib import classify, lora
+from course_lib import classify, lora, sft
 from course_lib.models import tiny_model
 from course_lib.training import TrainConfig, lr_at, train
 
@@ -33,9 +33,9 @@ def test_accumulating_four_micro_batches_equals_one_big_batch(tiny):
     model, tokenizer = _adapted(tiny)
     examples = _examples(tokenizer)  # every example has two answer tokens: equal weights per micro-batch
     start = _state(model)
-    big = [classify.collate(examples[:8], tokenizer.pad_token_id)]
-    small = [classify.collate(examples[i:i + 2], tokenizer.pad_token_id) for i in range(0, 8, 2)]
-    loss = lambda batch: (classify.answer_loss(model, batch), {})
+    big = [sft.collate(examples[:8], tokenizer.pad_token_id)]
+    small = [sft.collate(examples[i:i + 2], tokenizer.pad_token_id) for i in range(0, 8, 2)]
+    loss = lambda batch: (sft.answer_loss(model, batch), {})
     train(model, big, loss, TrainConfig(steps=1, lr=1e-2), progress=False)
     after_big = _state(model)
     with torch.no_grad():
@@ -61,7 +61,7 @@ def test_schedule_values():
 
 def test_best_checkpoint_is_restored_and_early_stopping_stops(tiny):
     model, tokenizer = _adapted(tiny)
-    batches = [classify.collate(_examples(tokenizer)[:4], tokenizer.pad_token_id)] * 12
+    batches = [sft.collate(_examples(tokenizer)[:4], tokenizer.pad_token_id)] * 12
     scores = iter([0.5, 0.9, 0.7, 0.6, 0.95, 0.4])  # the validation metric after each evaluation (higher is better)
     saved = {}
 
@@ -70,7 +70,7 @@ def test_best_checkpoint_is_restored_and_early_stopping_stops(tiny):
         saved[value] = _state(model)
         return {"accuracy": value}
 
-    history = train(model, batches, lambda b: (classify.answer_loss(model, b), {"tokens": 2.0}),
+    history = train(model, batches, lambda b: (sft.answer_loss(model, b), {"tokens": 2.0}),
                     TrainConfig(steps=12, lr=5e-2, eval_every=2, monitor="accuracy", mode="max", patience=2),
                     evaluate=evaluate, progress=False)
     # evaluations after steps 2, 4, 6, 8: 0.5, 0.9 (best), 0.7, 0.6 -> two without improvement: stop
@@ -90,13 +90,13 @@ def test_sft_trains_exactly_as_the_plain_loop_it_replaced(tiny):
     params = [p for p in reference.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
     losses = []
-    for idx in classify.batch_indices(len(examples), 5, 4, seed=0):
-        loss = classify.answer_loss(reference, classify.collate([examples[i] for i in idx], tokenizer.pad_token_id))
+    for idx in sft.batch_indices(len(examples), 5, 4, seed=0):
+        loss = sft.answer_loss(reference, sft.collate([examples[i] for i in idx], tokenizer.pad_token_id))
         loss.backward()
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    history = classify.train_sft(model, examples, tokenizer.pad_token_id, steps=5, batch_size=4, lr=1e-2, progress=False)
+    history = sft.train_sft(model, examples, tokenizer.pad_token_id, steps=5, batch_size=4, lr=1e-2, progress=False)
     assert history["loss"] == pytest.approx(losses, abs=1e-6)
     for a, b in zip(_state(reference), _state(model)):
         assert torch.allclose(a, b, atol=1e-6)
@@ -149,14 +149,14 @@ def test_each_process_takes_its_share_of_every_batch(tiny):
     model, tokenizer = _adapted(tiny)
     examples = _examples(tokenizer)
     seen = []
-    answer_loss = classify.answer_loss
+    answer_loss = sft.answer_loss
     try:
-        classify.answer_loss = lambda m, batch: (seen.append(batch["input_ids"].shape[0]), answer_loss(m, batch))[1]
-        classify.train_sft(model, examples, tokenizer.pad_token_id, steps=2, batch_size=4, accumulation=2,
+        sft.answer_loss = lambda m, batch: (seen.append(batch["input_ids"].shape[0]), answer_loss(m, batch))[1]
+        sft.train_sft(model, examples, tokenizer.pad_token_id, steps=2, batch_size=4, accumulation=2,
                            accelerator=Accelerator(), progress=False)
     finally:
-        classify.answer_loss = answer_loss
+        sft.answer_loss = answer_loss
     assert seen == [1, 1, 1, 1]  # micro-batches of 2, one example each for this process
     with pytest.raises(ValueError, match="do not split over 2 processes"):
-        classify.train_sft(model, examples, tokenizer.pad_token_id, steps=1, batch_size=3, accelerator=Accelerator(),
+        sft.train_sft(model, examples, tokenizer.pad_token_id, steps=1, batch_size=3, accelerator=Accelerator(),
                            progress=False)
