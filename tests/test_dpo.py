@@ -118,7 +118,7 @@ def test_train_dpo_called_again_keeps_the_frozen_base_as_reference(tiny, loss_ty
                             loss_type=loss_type)
     base, _ = tiny_model(seed=0, tokenizer=tokenizer)
     average = loss_type == "ipo"
-    ordered = [pairs[i] for i in align.batch_indices(len(pairs), 1, 4)[0]]
+    ordered = [pairs[i] for i in sft.batch_indices(len(pairs), 1, 4)[0]]
     with torch.no_grad():
         expected = dpo.dpo_loss(*dpo.pair_logprobs(model, tokenizer, ordered, progress=False, average=average),
                                   *dpo.pair_logprobs(base, tokenizer, ordered, progress=False, average=average),

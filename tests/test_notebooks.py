@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from course_lib.classify import IGNORE_INDEX
+from course_lib.sft import IGNORE_INDEX
 from course_lib.grading import GradingError
 from grader.gradebook import assignment_names, stale_notebooks
 from notebook_tools import ROOT, grade_cells, hidden_regions, read
