@@ -6,6 +6,7 @@
     python -m grader grade SUBMISSIONS --out DIR --shard K/N  # one shard of a job array (several machines) ...
     python -m grader merge DIR                                # ... and, when all are done, the gradebook and reports
     python -m grader export --out DIR                         # nbgrader's CSV export of the gradebook
+    python -m grader publish [--check]                        # set the course's address everywhere (Colab)
 
 SUBMISSIONS is a folder or zip of ``<student>/<notebook>.ipynb`` (any subset of the course's notebooks).
 Each notebook is one nbgrader assignment of the same name (:mod:`grader.gradebook`). How one submission is
@@ -25,6 +26,7 @@ from .authoring import skip_problems
 from .batch import grade, merge, parse_shard
 from .gradebook import (DEFAULT_COURSE, ROOT, SOLUTIONS, GraderError, assignment_names, export, generate,
                         open_course, stale_notebooks)
+from .publish import differences, publish
 from .sandbox import Limits
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("merge", help="record the shard files of `grade --shard` into the gradebook; write reports")
     p.add_argument("out", type=Path, help="the --out folder the shards wrote to (it holds shards/)")
     p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder (gradebook)")
+    p = sub.add_parser("publish", help="write [project.urls] Source into the notebooks' first cells and the "
+                                       "README's Open-in-Colab links, then regenerate notebooks/")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything disagrees")
     p = sub.add_parser("export", help="export the gradebook to CSV (nbgrader's format)")
     p.add_argument("--out", type=Path, default=Path("grading"), help="nbgrader_grades.csv goes here")
     p.add_argument("--course", type=Path, default=DEFAULT_COURSE, help="nbgrader course folder")
@@ -80,6 +85,17 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 print(f"graded {len(results)} notebooks: {args.out / 'grades.csv'}, {args.out / 'summary.md'}, "
                       f"feedback in {args.out / 'feedback'}")
+        elif args.command == "publish":
+            if args.check:
+                wrong = differences()
+                if wrong:
+                    sys.exit(f"not published from [project.urls] Source: {wrong}; run `python -m grader publish`")
+                print("every notebook and the README use [project.urls] Source")
+            else:
+                for path in publish():
+                    print(f"set the source in {path.relative_to(ROOT)}")
+                for path in generate():
+                    print(f"wrote {path.relative_to(ROOT)}")
         elif args.command == "merge":
             results = merge(args.out, args.course)
             print(f"merged {len(results)} notebooks: {args.out / 'grades.csv'}, {args.out / 'summary.md'}, "
