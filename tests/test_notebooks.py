@@ -103,6 +103,7 @@ def _run_tests(smollm2, name, exercise, wrong=None):
     for cell in cells.values():  # later tests may call earlier exercises' functions
         if cell.metadata["nbgrader"]["solution"]:
             exec(cell.source, ns)
+    _REFERENCE_LAYER[:] = [ns.get("MyLoRALinear")]
     ns.update(wrong or {})
     exec(cells[f"{exercise}_tests"].source, ns)
 
@@ -126,6 +127,61 @@ def _nf4(divide=True, use_max=False, search=False):
             return torch.searchsorted(_levels(), scaled).clamp(max=15), absmax
         return (scaled.unsqueeze(-1) - _levels()).abs().argmin(dim=-1), absmax
     return {"nf4_quantize_block": quantize}
+
+
+def _lora_layer(scale=lambda alpha, r: alpha / r, base_dropout=False, ignore_dropout=False, no_bias=False,
+                frozen=True, b_init="zeros", a_init="kaiming", merge_scaled=True, twice=False, fresh_base=False):
+    """A MyLoRALinear with one mistake (for topic 3's exercise 5)."""
+    nn = torch.nn
+
+    class Wrong(nn.Module):
+        def __init__(self, base, r, alpha, dropout=nn.Identity()):
+            super().__init__()
+            self.base = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None) if fresh_base else base
+            if frozen:
+                self.base.requires_grad_(False)
+            self.scaling, self.dropout = scale(alpha, r), dropout
+            A = torch.empty(r, base.in_features)
+            if a_init == "kaiming":
+                nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+            elif a_init == "normal":
+                A.normal_()
+            else:
+                A.zero_()
+            self.lora_A = nn.Parameter(A)
+            self.lora_B = nn.Parameter(torch.zeros(base.out_features, r) if b_init == "zeros"
+                                       else torch.randn(base.out_features, r) * 0.01)
+
+        def forward(self, x):
+            base = (self.dropout(x) @ self.base.weight.T if base_dropout else x @ self.base.weight.T)
+            if self.base.bias is not None and not no_bias:
+                base = base + self.base.bias
+            update = (x if ignore_dropout else self.dropout(x)) @ self.lora_A.T @ self.lora_B.T
+            return base + update * self.scaling * (self.scaling if twice else 1)
+
+        def merged_weight(self):
+            return self.base.weight + (self.scaling if merge_scaled else 1) * (self.lora_B @ self.lora_A)
+
+    return {"MyLoRALinear": Wrong}
+
+
+def _inject(every_linear=False, freeze=True, fixed_targets=False, returns=True):
+    """An inject_my_lora with one mistake; it wraps with the reference MyLoRALinear of the namespace."""
+    def inject_my_lora(model, r, alpha, targets=("q_proj", "v_proj")):
+        if freeze:
+            model.requires_grad_(False)
+        wanted = ("q_proj", "v_proj") if fixed_targets else tuple(targets)
+        names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                 and (every_linear and n != "lm_head" or n.endswith(wanted))]
+        for name in names:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, _REFERENCE_LAYER[0](getattr(parent, child), r=r, alpha=alpha))
+        return model if returns else None
+    return {"inject_my_lora": inject_my_lora}
+
+
+_REFERENCE_LAYER = []  # filled by _run_tests: the solution's MyLoRALinear
 
 
 def _sft(start_at_header=False, stop_offset=1, last_only=False, all_tokens=False, truncate="both"):
@@ -617,6 +673,25 @@ WRONG = {
         "scaled by alpha": lambda W, A, B, alpha, r: W + alpha * (B @ A),
         "in place": lambda W, A, B, alpha, r: W.add_((alpha / r) * (B @ A)),
     },
+    ("03_lora_basics", "lora_layer"): {
+        "scaled by alpha": _lora_layer(scale=lambda alpha, r: alpha),
+        "integer division alpha // r": _lora_layer(scale=lambda alpha, r: alpha // r),
+        "scaled by r / alpha": _lora_layer(scale=lambda alpha, r: r / alpha),
+        "scaling applied twice": _lora_layer(twice=True),
+        "bias dropped": _lora_layer(no_bias=True),
+        "dropout on the base path too": _lora_layer(base_dropout=True),
+        "dropout ignored": _lora_layer(ignore_dropout=True),
+        "B not zero": _lora_layer(b_init="random"),
+        "A zero too": _lora_layer(a_init="zeros"),
+        "A standard normal": _lora_layer(a_init="normal"),
+        "base layer trainable": _lora_layer(frozen=False),
+        "merge without the scale": _lora_layer(merge_scaled=False),
+        "new random base layer": _lora_layer(fresh_base=True),
+        "injection wraps every linear layer": _inject(every_linear=True),
+        "injection does not freeze the model": _inject(freeze=False),
+        "injection ignores targets": _inject(fixed_targets=True),
+        "injection returns None": _inject(returns=False),
+    },
     ("04_quantization", "absmax_int8"): {
         "rounds toward zero": _int8(round_fn=torch.trunc),
         "scale from max, not absmax": _int8(use_max=True),
@@ -797,7 +872,45 @@ def _perplexity_numpy(logprobs, mask):
     return np.exp(-lp[keep].mean())
 
 
+def _lora_layer_einsum():
+    """A correct MyLoRALinear and inject_my_lora written differently: F.linear and einsum, a recursive walk."""
+    nn, F_ = torch.nn, torch.nn.functional
+
+    class EinsumLoRA(nn.Module):
+        def __init__(self, base, r, alpha, dropout=nn.Identity()):
+            super().__init__()
+            for p in base.parameters():
+                p.requires_grad = False
+            self.wrapped, self.factor, self.drop = base, float(alpha) / float(r), dropout
+            self.lora_A = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(r, base.in_features), a=5 ** 0.5))
+            self.lora_B = nn.Parameter(base.weight.new_zeros(base.out_features, r))
+
+        def forward(self, x):
+            low = torch.einsum("...i,ri->...r", self.drop(x), self.lora_A)
+            return F_.linear(x, self.wrapped.weight, self.wrapped.bias) + self.factor * torch.einsum("...r,or->...o", low, self.lora_B)
+
+        def merged_weight(self):
+            return torch.addmm(self.wrapped.weight, self.lora_B, self.lora_A, alpha=self.factor)
+
+    def inject_my_lora(model, r, alpha, targets=("q_proj", "v_proj")):
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+        def walk(module, prefix):
+            for child_name, child in list(module.named_children()):
+                full = f"{prefix}.{child_name}" if prefix else child_name
+                if isinstance(child, nn.Linear) and any(full.endswith(t) for t in targets):
+                    setattr(module, child_name, EinsumLoRA(child, r, alpha))
+                else:
+                    walk(child, full)
+        walk(model, "")
+        return model
+
+    return {"MyLoRALinear": EinsumLoRA, "inject_my_lora": inject_my_lora}
+
+
 RIGHT = {
+    ("03_lora_basics", "lora_layer"): {"F.linear and einsum, a recursive walk": _lora_layer_einsum()},
     ("06_evaluation", "macro_f1"): {"numpy, returns a numpy float": _macro_numpy, "loops over lists": _macro_loops},
     ("06_evaluation", "bootstrap_interval"): {"random.choices and sorted means": _bootstrap_python,
                                               "numpy generator and percentile": _bootstrap_numpy},
@@ -810,4 +923,5 @@ RIGHT = {
 
 @pytest.mark.parametrize("name, exercise, variant", [(n, e, v) for (n, e) in sorted(RIGHT) for v in sorted(RIGHT[n, e])])
 def test_correct_answers_written_differently_pass(smollm2, name, exercise, variant):
-    _run_tests(smollm2, name, exercise, {exercise: RIGHT[name, exercise][variant]})
+    answer = RIGHT[name, exercise][variant]
+    _run_tests(smollm2, name, exercise, answer if isinstance(answer, dict) else {exercise: answer})
