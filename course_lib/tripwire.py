@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
+import inspect
 import os
 import sys
 import threading
@@ -70,7 +71,9 @@ class Tripwire:
             elif obj.origin:
                 self._packages.append((os.path.realpath(obj.origin), name))
         elif isinstance(obj, types.FunctionType):
-            code = obj.__code__
+            # A decorated function (torch.inference_mode, functools.wraps) runs a wrapper whose code every function
+            # with the same decorator shares: watch the function it wraps, or any decorated call would be a hit.
+            code = inspect.unwrap(obj).__code__
             self._code[(code.co_filename, code.co_qualname)] = name
         elif isinstance(obj, type):
             module = sys.modules.get(obj.__module__)

@@ -184,6 +184,36 @@ def _inject(every_linear=False, freeze=True, fixed_targets=False, returns=True):
 _REFERENCE_LAYER = []  # filled by _run_tests: the solution's MyLoRALinear
 
 
+def _dpo_step(frozen=True, shift=True, reply_only=True, average=False, swapped=False, same_model=False,
+              beta_outside=False, detach=True, log_softmax=True):
+    """A dpo_step with one mistake (topic 5's exercise 5)."""
+    def dpo_step(policy, reference, batch, n_pairs, beta):
+        def logprobs(model):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            targets = batch["labels"][:, 1:] if shift else batch["labels"][:, :-1]
+            if not reply_only:
+                targets = torch.where(batch["attention_mask"][:, 1:] == 1, batch["input_ids"][:, 1:], IGNORE_INDEX)
+            mask = targets != IGNORE_INDEX
+            scores = torch.log_softmax(logits[:, :-1].float(), -1) if log_softmax else logits[:, :-1].float()
+            token = scores.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask
+            return token.sum(-1) / mask.sum(-1) if average else token.sum(-1)
+
+        pol = logprobs(policy)
+        if same_model:
+            ref = pol.detach()
+        elif frozen:
+            with torch.no_grad():
+                ref = logprobs(reference)
+        else:
+            ref = logprobs(reference)
+        c, r = pol[:n_pairs] - ref[:n_pairs], pol[n_pairs:] - ref[n_pairs:]
+        if swapped:
+            c, r = r, c
+        loss = (-beta * F.logsigmoid(c - r) if beta_outside else -F.logsigmoid(beta * (c - r))).mean()
+        return loss, (beta * c.detach() if detach else beta * c), (beta * r.detach() if detach else beta * r)
+    return {"dpo_step": dpo_step}
+
+
 def _sft(start_at_header=False, stop_offset=1, last_only=False, all_tokens=False, truncate="both"):
     from course_lib.sft import render_chat
 
@@ -692,6 +722,17 @@ WRONG = {
         "injection ignores targets": _inject(fixed_targets=True),
         "injection returns None": _inject(returns=False),
     },
+    ("05_sft_rlhf_dpo", "dpo_step"): {
+        "reference not frozen": _dpo_step(frozen=False),
+        "labels not shifted": _dpo_step(shift=False),
+        "prompt tokens scored": _dpo_step(reply_only=False),
+        "mean over tokens": _dpo_step(average=True),
+        "chosen and rejected swapped": _dpo_step(swapped=True),
+        "policy as its own reference": _dpo_step(same_model=True),
+        "beta outside the sigmoid": _dpo_step(beta_outside=True),
+        "rewards not detached": _dpo_step(detach=False),
+        "raw logits instead of log-probs": _dpo_step(log_softmax=False),
+    },
     ("04_quantization", "absmax_int8"): {
         "rounds toward zero": _int8(round_fn=torch.trunc),
         "scale from max, not absmax": _int8(use_max=True),
@@ -909,8 +950,23 @@ def _lora_layer_einsum():
     return {"MyLoRALinear": EinsumLoRA, "inject_my_lora": inject_my_lora}
 
 
+def _dpo_step_cross_entropy(policy, reference, batch, n_pairs, beta):
+    """A correct dpo_step written differently: per-token cross-entropy, a detached reference, softplus."""
+    def logprobs(model):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), batch["labels"][:, 1:], reduction="none",
+                              ignore_index=IGNORE_INDEX)
+        return -nll.sum(dim=1)
+
+    pol, ref = logprobs(policy), logprobs(reference).detach()
+    ratios = pol - ref
+    margin = ratios[:n_pairs] - ratios[n_pairs:]
+    return F.softplus(-beta * margin).mean(), (beta * ratios[:n_pairs]).detach(), (beta * ratios[n_pairs:]).detach()
+
+
 RIGHT = {
     ("03_lora_basics", "lora_layer"): {"F.linear and einsum, a recursive walk": _lora_layer_einsum()},
+    ("05_sft_rlhf_dpo", "dpo_step"): {"cross-entropy, detached reference, softplus": _dpo_step_cross_entropy},
     ("06_evaluation", "macro_f1"): {"numpy, returns a numpy float": _macro_numpy, "loops over lists": _macro_loops},
     ("06_evaluation", "bootstrap_interval"): {"random.choices and sorted means": _bootstrap_python,
                                               "numpy generator and percentile": _bootstrap_numpy},

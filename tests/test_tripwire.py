@@ -56,3 +56,20 @@ def test_switching_the_hook_off_is_itself_recorded():
     assert TAMPERING in _hits(lambda: threading.setprofile(None))
     assert TAMPERING in _hits(lambda: setattr(threading, "_profile_hook", None))
     assert sys.getprofile() is None  # the hook is gone after the block either way
+
+
+def test_a_decorated_reference_is_told_apart_from_other_decorated_functions():
+    """torch.inference_mode-decorated functions share their wrapper's code object: watching the wrapper would
+    flag every such call. The function under the decorator is watched instead."""
+    from course_lib import align, dpo
+    from course_lib.data import load_preferences
+    from course_lib.models import tiny_model
+
+    model, tokenizer = tiny_model(seed=0)
+    pairs = load_preferences("test")[:1]
+    with Tripwire(["dpo.pair_logprobs"]) as tripwire:
+        align.generate_replies(model, tokenizer, ["Hi"], max_new_tokens=2, progress=False)
+    assert tripwire.hits == set()
+    with Tripwire(["dpo.pair_logprobs"]) as tripwire:
+        dpo.pair_logprobs(model, tokenizer, pairs, progress=False)
+    assert tripwire.hits == {"dpo.pair_logprobs"}
