@@ -15,16 +15,18 @@ from tqdm.auto import tqdm
 
 from .data import TICKET_LABELS
 from .metrics import accuracy
-from .sft import IGNORE_INDEX, pad, sft_example, train_sft
+from .sft import IGNORE_INDEX, pad, render_chat, sft_example, train_sft
 
 SYSTEM_PROMPT = f"Classify this support ticket as {', '.join(TICKET_LABELS[:-1])} or {TICKET_LABELS[-1]}."
 
 
+def _chat(text: str, system: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+
+
 def prompt_ids(tokenizer, text: str, system: str = SYSTEM_PROMPT) -> list[int]:
     """Token ids of the chat prompt for one ticket, ending where the assistant's answer starts."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              return_dict=True)["input_ids"])
+    return render_chat(tokenizer, _chat(text, system), add_generation_prompt=True)
 
 
 def label_token_ids(tokenizer, labels: Sequence[str] = TICKET_LABELS) -> list[int]:
@@ -44,9 +46,7 @@ def encode_example(tokenizer, text: str, label: str) -> tuple[list[int], list[in
     """(input_ids, labels) for SFT: the answer (the label and the end-of-turn token the chat template closes an
     assistant turn with) is trained, the prompt is masked (:func:`course_lib.sft.sft_example`). Whatever the
     template writes after the end-of-turn is dropped: the ids end where the answer does."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text},
-                {"role": "assistant", "content": label}]
-    ids, labels = sft_example(tokenizer, messages)
+    ids, labels = sft_example(tokenizer, _chat(text) + [{"role": "assistant", "content": label}])
     end = max(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX) + 1
     return ids[:end], labels[:end]
 

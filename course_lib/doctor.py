@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 # The libraries whose behaviour the course's code and tests depend on (versions drift most often here).
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
@@ -33,7 +34,7 @@ class Check:
 
 
 def pinned_versions(path: Path = CONSTRAINTS) -> dict[str, str]:
-    """Exact versions from a pip constraints file (``name==version`` lines), names normalised to lower case."""
+    """Exact versions from a pip constraints file (``name==version`` lines), names normalised as pip does."""
     if not path.is_file():
         return {}
     pins = {}
@@ -41,7 +42,7 @@ def pinned_versions(path: Path = CONSTRAINTS) -> dict[str, str]:
         line = raw.split("#", 1)[0].strip()
         if "==" in line:
             name, version = line.split("==", 1)
-            pins[name.strip().lower().replace("_", "-")] = version.strip()
+            pins[canonicalize_name(name.strip())] = version.strip()
     return pins
 
 

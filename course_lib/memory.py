@@ -75,10 +75,10 @@ def linear_shapes(shape: TransformerShape) -> dict[str, tuple[int, int]]:
 
 def parameter_count(shape: TransformerShape) -> int:
     """Total parameters: embeddings, per block 7 linear layers and 2 RMSNorms, final norm, LM head."""
-    block = sum(o * i for o, i in linear_shapes(shape).values()) + 2 * shape.hidden_size
     embed = shape.vocab_size * shape.hidden_size
     head = 0 if shape.tied_embeddings else embed
-    return embed + shape.num_layers * block + shape.hidden_size + head
+    norms = shape.num_layers * 2 * shape.hidden_size + shape.hidden_size
+    return embed + block_linear_parameter_count(shape) + norms + head
 
 
 def block_linear_parameter_count(shape: TransformerShape) -> int:

@@ -7,6 +7,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from course_lib.doctor import pinned_versions
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,12 +18,7 @@ def _pyproject():
 
 
 def _pins():
-    pins = {}
-    for line in (ROOT / "constraints.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[canonicalize_name(name)] = version.strip()
-    return pins
+    return pinned_versions(ROOT / "constraints.txt")
 
 
 def test_environment_yml_lists_exactly_the_pyproject_requirements():
