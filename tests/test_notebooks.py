@@ -165,6 +165,50 @@ def _lora_layer(scale=lambda alpha, r: alpha / r, base_dropout=False, ignore_dro
     return {"MyLoRALinear": Wrong}
 
 
+def _qlora_layer(divide=True, use_max=False, per_row=False, columns=False, search=False, codes_dtype=torch.uint8,
+                 keep_weight=False, cache=False, scale=lambda alpha, r: alpha / r, no_bias=False, b_zero=True,
+                 interleave=True, keep_dtype=True):
+    """A MyQLoRALinear with one mistake (topic 4's exercise 4)."""
+    nn = torch.nn
+
+    class Wrong(nn.Module):
+        def __init__(self, base, r, alpha, block_size=64):
+            super().__init__()
+            w = base.weight.detach().float()
+            self.shape, self.block_size = w.shape, (w.shape[1] if per_row else block_size)
+            blocks = (w.T if columns else w).reshape(-1, self.block_size)
+            absmax = blocks.amax(dim=1) if use_max else blocks.abs().amax(dim=1)
+            scaled = blocks / absmax.unsqueeze(1) if divide else blocks
+            if search:
+                codes = torch.searchsorted(_levels(), scaled.contiguous()).clamp(max=15)
+            else:
+                codes = (scaled.unsqueeze(-1) - _levels()).abs().argmin(dim=-1)
+            codes = codes.view(w.T.shape).T if columns else codes.view(w.shape)
+            self.register_buffer("codes", codes.to(codes_dtype).contiguous())
+            self.register_buffer("absmax", absmax)
+            if keep_weight:
+                self.register_buffer("weight", w.clone())
+            self.scaling = scale(alpha, r)
+            self.bias = None if base.bias is None or no_bias else nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+            self.lora_A = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(r, w.shape[1]), a=math.sqrt(5)))
+            self.lora_B = nn.Parameter(torch.zeros(w.shape[0], r) if b_zero else torch.randn(w.shape[0], r) * 0.01)
+            self.cached = self.dequantized_weight() if cache else None
+
+        def dequantized_weight(self):
+            codes = self.codes.T if columns else self.codes
+            spread = self.absmax.repeat_interleave(self.block_size) if interleave else self.absmax.repeat(self.block_size)
+            w = (_levels()[codes.reshape(-1).long()] * spread[:codes.numel()]).view(codes.shape)
+            return w.T if columns else w
+
+        def forward(self, x):
+            w = self.weight if keep_weight else self.cached if cache else self.dequantized_weight()
+            xf = x.float()
+            out = xf @ w.T + (0 if self.bias is None else self.bias) + self.scaling * (xf @ self.lora_A.T @ self.lora_B.T)
+            return out.to(x.dtype) if keep_dtype else out
+
+    return {"MyQLoRALinear": Wrong}
+
+
 def _inject(every_linear=False, freeze=True, fixed_targets=False, returns=True):
     """An inject_my_lora with one mistake; it wraps with the reference MyLoRALinear of the namespace."""
     def inject_my_lora(model, r, alpha, targets=("q_proj", "v_proj")):
@@ -722,6 +766,21 @@ WRONG = {
         "injection ignores targets": _inject(fixed_targets=True),
         "injection returns None": _inject(returns=False),
     },
+    ("04_quantization", "qlora_layer"): {
+        "no division by absmax": _qlora_layer(divide=False),
+        "absmax from max, not max |w|": _qlora_layer(use_max=True),
+        "one absmax per row": _qlora_layer(per_row=True),
+        "blocks down the columns": _qlora_layer(columns=True),
+        "searchsorted, not nearest": _qlora_layer(search=True),
+        "int64 codes": _qlora_layer(codes_dtype=torch.int64),
+        "full-precision weight kept and used": _qlora_layer(keep_weight=True),
+        "weight dequantized once and cached": _qlora_layer(cache=True),
+        "integer division alpha // r": _qlora_layer(scale=lambda alpha, r: alpha // r),
+        "bias dropped": _qlora_layer(no_bias=True),
+        "B not zero": _qlora_layer(b_zero=False),
+        "absmax repeated, not interleaved": _qlora_layer(interleave=False),
+        "bfloat16 input gives float32 output": _qlora_layer(keep_dtype=False),
+    },
     ("05_sft_rlhf_dpo", "dpo_step"): {
         "reference not frozen": _dpo_step(frozen=False),
         "labels not shifted": _dpo_step(shift=False),
@@ -950,6 +1009,43 @@ def _lora_layer_einsum():
     return {"MyLoRALinear": EinsumLoRA, "inject_my_lora": inject_my_lora}
 
 
+def _qlora_layer_bucketize():
+    """A correct MyQLoRALinear written differently: bucketize on the midpoints, a loop over blocks, F.linear."""
+    nn, F_ = torch.nn, torch.nn.functional
+
+    class Bucketized(nn.Module):
+        def __init__(self, base, r, alpha, block_size=64):
+            super().__init__()
+            flat, levels = base.weight.detach().reshape(-1), _levels()
+            midpoints = (levels[1:] + levels[:-1]) / 2
+            absmax, codes = [], []
+            for start in range(0, flat.numel(), block_size):
+                block = flat[start:start + block_size]
+                m = block.abs().max()
+                absmax.append(m)
+                codes.append(torch.bucketize(block / m, midpoints))
+            self.register_buffer("codes", torch.cat(codes).to(torch.uint8).view_as(base.weight))
+            self.register_buffer("absmax", torch.stack(absmax).float())
+            self.register_buffer("levels", levels.clone(), persistent=False)
+            self.n, self.k = block_size, alpha / r
+            self.bias = None if base.bias is None else nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+            self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+
+        def dequantized_weight(self):
+            per_block = self.levels[self.codes.reshape(-1, self.n).long()] * self.absmax[:, None]
+            return per_block.reshape(self.codes.shape)
+
+        def forward(self, x):
+            w = self.dequantized_weight().to(x.dtype)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            lora = F_.linear(F_.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)) * self.k
+            return F_.linear(x, w, bias) + lora
+
+    return {"MyQLoRALinear": Bucketized}
+
+
 def _dpo_step_cross_entropy(policy, reference, batch, n_pairs, beta):
     """A correct dpo_step written differently: per-token cross-entropy, a detached reference, softplus."""
     def logprobs(model):
@@ -966,6 +1062,7 @@ def _dpo_step_cross_entropy(policy, reference, batch, n_pairs, beta):
 
 RIGHT = {
     ("03_lora_basics", "lora_layer"): {"F.linear and einsum, a recursive walk": _lora_layer_einsum()},
+    ("04_quantization", "qlora_layer"): {"bucketize, a loop over blocks, F.linear": _qlora_layer_bucketize()},
     ("05_sft_rlhf_dpo", "dpo_step"): {"cross-entropy, detached reference, softplus": _dpo_step_cross_entropy},
     ("06_evaluation", "macro_f1"): {"numpy, returns a numpy float": _macro_numpy, "loops over lists": _macro_loops},
     ("06_evaluation", "bootstrap_interval"): {"random.choices and sorted means": _bootstrap_python,
