@@ -1,5 +1,4 @@
 """grader.authoring: a cell tagged skip-grading may not be the only home of what grading needs."""
-import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 

@@ -136,8 +136,8 @@ def _errors(cells):
 
 
 def _widget_cell(page, cells, marker):
-    """The rendered output area of the code cell whose source starts with ``marker``, scrolled into view."""
-    index = next(i for i, c in enumerate(cells) if c["cell_type"] == "code" and "".join(c["source"]).startswith(marker))
+    """The rendered output area of the first code cell whose source contains ``marker``, scrolled into view."""
+    index = next(i for i, c in enumerate(cells) if c["cell_type"] == "code" and marker in "".join(c["source"]))
     page.evaluate(f"() => {{ const p = {_PANEL}; p.content.activeCellIndex = {index}; "
                   f"p.content.scrollToItem({index}); }}")
     area = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-Cell-outputArea")

@@ -80,7 +80,7 @@ def test_monthly_costs_and_the_decision_explorer_follow_the_controls(monkeypatch
     assert costs["RAG"] == pytest.approx(10_000 * 1800 / 1000 * 0.0015)
     assert costs["fine-tuning"] == pytest.approx(10_000 * 60 / 1000 * 0.012 + 2.0)
     box = decision_explorer(cost)
-    (examples, requests, prompt), (fresh, consistent) = box.children[0].children, box.children[1].children
+    (examples, _, prompt), (fresh, _) = box.children[0].children, box.children[1].children
     verdict = box.children[2]
     assert verdict.value.startswith("<b>fine-tuning</b>") and "pays for itself above" in verdict.value
     fresh.value = True
