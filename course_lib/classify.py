@@ -57,19 +57,22 @@ def score_prompts(model: nn.Module, tokenizer, prompts: Sequence[list[int]], lab
     """(len(prompts), len(labels)) next-token logits of each label's token right after each prompt (token ids).
 
     Prompts are left-padded so the last position is the prompt's end for every row; positions are
-    counted from each row's first real token, so padding does not shift them.
+    counted from each row's first real token, so padding does not shift them. Batches are cut from the
+    prompts sorted by length, so little compute goes to padding; rows come back in the prompts' order.
     """
     device = next(model.parameters()).device
     wanted = torch.tensor(label_token_ids(tokenizer, labels), device=device)
-    rows = []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    scores = torch.empty(len(prompts), len(labels))
     for start in tqdm(range(0, len(prompts), batch_size), desc="scoring", disable=not progress, leave=False):
-        chunk = [list(p) for p in prompts[start:start + batch_size]]
+        rows = order[start:start + batch_size]
+        chunk = [list(prompts[i]) for i in rows]
         input_ids = pad(chunk, tokenizer.pad_token_id, left=True).to(device)
         mask = pad([[1] * len(p) for p in chunk], 0, left=True).to(device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-        rows.append(out.logits[:, -1, wanted].float().cpu())
-    return torch.cat(rows) if rows else torch.empty(0, len(labels))
+        scores[rows] = out.logits[:, -1, wanted].float().cpu()
+    return scores
 
 
 def label_logits(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[str] = TICKET_LABELS,

@@ -113,9 +113,12 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
 @torch.no_grad()
 def eval_loss(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad_id: int,
               batch_size: int = 16) -> float:
-    """Mean answer-token cross-entropy of ``model`` over (input_ids, labels) examples: the validation loss."""
+    """Mean answer-token cross-entropy of ``model`` over (input_ids, labels) examples: the validation loss.
+    Batches are cut from the examples sorted by length (the mean does not depend on the order), so little
+    compute goes to padding."""
     total = count = 0.0
     device = next(model.parameters()).device
+    examples = sorted(examples, key=lambda e: len(e[0]))
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(list(examples[start:start + batch_size]), pad_id).items()}
         tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()

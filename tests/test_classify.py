@@ -18,13 +18,16 @@ def test_encode_example_trains_only_the_answer(tiny):
     assert "support ticket" in tokenizer.decode(prompt) and tokenizer.decode(prompt).endswith("assistant\n")
 
 
-def test_label_logits_do_not_depend_on_padding(tiny):
+def test_label_logits_do_not_depend_on_padding_or_batching(tiny):
     model, tokenizer = tiny
-    texts = ["short", "a considerably longer ticket text about a refund that never arrived"]
-    together = classify.label_logits(model, tokenizer, texts, progress=False)
+    texts = ["a considerably longer ticket text about a refund that never arrived", "short", "a medium one, please",
+             "x", "another fairly long ticket: the app crashes whenever I open the settings page"]
     alone = torch.cat([classify.label_logits(model, tokenizer, [t], progress=False) for t in texts])
-    assert together.shape == (2, len(TICKET_LABELS))
-    assert_tensors_close(together, alone, atol=1e-4, rtol=1e-4)
+    for batch_size in (2, 16):  # batches are cut from the texts sorted by length; rows keep the texts' order
+        together = classify.label_logits(model, tokenizer, texts, batch_size=batch_size, progress=False)
+        assert together.shape == (len(texts), len(TICKET_LABELS))
+        assert_tensors_close(together, alone, atol=1e-4, rtol=1e-4)
+    assert classify.label_logits(model, tokenizer, [], progress=False).shape == (0, len(TICKET_LABELS))
 
 
 def test_label_tokens_must_be_single_and_distinct(tiny):

@@ -79,6 +79,24 @@ def test_answer_loss_equals_full_loss(tiny):
     assert_number_close(sft.answer_loss(model, batch), model(**batch).loss.item(), atol=1e-6, rtol=0)
 
 
+def test_eval_loss_is_the_token_weighted_mean_whatever_the_batching(tiny):
+    model, tokenizer = tiny
+    rows = load_tickets("validation")[:7]
+    examples = [classify.encode_example(tokenizer, r["text"], r["label"]) for r in rows]
+    losses, tokens = [], []
+    with torch.no_grad():
+        for ids, labels in examples:  # one example at a time: no padding at all
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+            target = torch.tensor(labels[1:])
+            keep = target != sft.IGNORE_INDEX
+            losses.append(torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum").item())
+            tokens.append(int(keep.sum()))
+        expected = sum(losses) / sum(tokens)
+        for batch_size in (1, 3, 16):
+            got = sft.eval_loss(model, examples, tokenizer.pad_token_id, batch_size=batch_size)
+            assert_number_close(got, expected, atol=1e-5, rtol=1e-5, name=f"eval_loss, batches of {batch_size}")
+
+
 def test_batch_indices_visit_every_example_once_per_epoch_in_a_seeded_order():
     batches = sft.batch_indices(10, steps=5, batch_size=4, seed=3)
     assert [len(b) for b in batches] == [4] * 5
