@@ -134,9 +134,7 @@ def inject_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: floa
         raise ValueError(f"target_modules={target_modules!r} matched no nn.Linear; this model's linear "
                          f"layers are named {linear}")
     for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(module, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora))
+        model.set_submodule(name, LoRALinear(module, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora))
     model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": use_rslora,
                          "target_modules": target_modules if isinstance(target_modules, str)
                          else sorted(target_modules)}
@@ -191,8 +189,7 @@ def unload_lora(model: nn.Module) -> nn.Module:
     is the base model again (PEFT's ``unload()``). In place; returns ``model``."""
     for name, layer in list(lora_layers(model)):
         layer.unmerge()
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base_layer)
+        model.set_submodule(name, layer.base_layer)
     if hasattr(model, "lora_config"):
         del model.lora_config
     return model

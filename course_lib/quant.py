@@ -400,9 +400,7 @@ def quantize_model(model: nn.Module, method: str = "nf4", block_size: int = 64,
     if not targets:
         raise QuantizationError("the model has no nn.Linear layer to quantize")
     for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantLinear(module, method, block_size))
+        model.set_submodule(name, QuantLinear(module, method, block_size))
     return model
 
 

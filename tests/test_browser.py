@@ -186,14 +186,15 @@ def _decision(page, cells):
 
 
 def _rank(page, cells):
+    from transformers import AutoConfig
+
     from course_lib.memory import TransformerShape
-    from course_lib.models import load_default_model
+    from course_lib.models import cache_dir
     from course_lib.widgets import lora_summary
     sweep = json.loads((resources.files("course_lib") / "data" / "measurements" / "lora_sweep.json").read_text())
     _, area = _widget_cell(page, cells, "lora_rank_explorer(")
     _shot(area, "03_rank_explorer-before")
-    model, _ = load_default_model()
-    shape = TransformerShape.from_config(model.config, name="SmolLM2-135M")
+    shape = TransformerShape.from_config(AutoConfig.from_pretrained(cache_dir()), name="SmolLM2-135M")
     for r in (16, 12):
         _set_slider(area, "rank r", r)
         s = lora_summary(shape, r, 16.0, ("q_proj", "v_proj"))
