@@ -7,6 +7,8 @@ highest, so the prediction is always a valid label and costs one forward pass pe
 """
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Sequence
 
 import torch
@@ -56,21 +58,36 @@ def score_prompts(model: nn.Module, tokenizer, prompts: Sequence[list[int]], lab
                   batch_size: int = 16, progress: bool = True) -> torch.Tensor:
     """(len(prompts), len(labels)) next-token logits of each label's token right after each prompt (token ids).
 
-    Prompts are left-padded so the last position is the prompt's end for every row; positions are
-    counted from each row's first real token, so padding does not shift them. Batches are cut from the
-    prompts sorted by length, so little compute goes to padding; rows come back in the prompts' order.
+    - **Prefix caching**: the tokens every prompt starts with (the chat template and system prompt, about half
+      of a ticket's prompt) run through the model once; their keys and values are reused by every batch, as
+      serving engines do (vLLM's automatic prefix caching). A lone prompt is scored in one pass.
+    - The rest of each prompt is left-padded, so the last position is the prompt's end in every row; positions
+      continue from the prefix, counted over real tokens only, so padding does not shift them.
+    - Batches are cut from the prompts sorted by length, so little compute goes to padding; rows come back in
+      the prompts' order.
     """
     device = next(model.parameters()).device
     wanted = torch.tensor(label_token_ids(tokenizer, labels), device=device)
+    prompts = [list(p) for p in prompts]
+    shared = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1) if len(prompts) > 1 else 0
+    prefix = None
+    if shared > 0:
+        prefix = model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True).cache
+        shared = shared if prefix is not None else 0  # a model without a key/value cache scores whole prompts
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = torch.empty(len(prompts), len(labels))
     for start in tqdm(range(0, len(prompts), batch_size), desc="scoring", disable=not progress, leave=False):
         rows = order[start:start + batch_size]
-        chunk = [list(prompts[i]) for i in rows]
-        input_ids = pad(chunk, tokenizer.pad_token_id, left=True).to(device)
-        mask = pad([[1] * len(p) for p in chunk], 0, left=True).to(device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+        rest = [prompts[i][shared:] for i in rows]
+        input_ids = pad(rest, tokenizer.pad_token_id, left=True).to(device)
+        mask = pad([[1] * len(p) for p in rest], 0, left=True).to(device)
+        positions = shared + (mask.cumsum(-1) - 1).clamp_min(0)
+        cache = None
+        if prefix is not None:
+            cache = copy.deepcopy(prefix)  # each batch appends its own keys and values to its copy
+            cache.batch_repeat_interleave(len(rows))
+            mask = torch.cat([mask.new_ones(len(rows), shared), mask], dim=1)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, logits_to_keep=1)
         scores[rows] = out.logits[:, -1, wanted].float().cpu()
     return scores
 

@@ -77,15 +77,18 @@ def preference_batch(tokenizer, pairs: Sequence[dict]) -> dict[str, torch.Tensor
 def pair_logprobs(model: nn.Module, tokenizer, pairs: Sequence[dict], batch_size: int = 8,
                   progress: bool = True, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(chosen | prompt) and log p(rejected | prompt) under ``model`` for every pair (with ``average``,
-    per reply token)."""
+    per reply token). Batches of ``2 * batch_size`` replies are cut from all the replies sorted by length, so
+    little compute goes to padding; the results keep the pairs' order."""
     device = next(model.parameters()).device
-    chosen, rejected = [], []
-    for start in tqdm(range(0, len(pairs), batch_size), desc="log-probs", disable=not progress, leave=False):
-        batch = preference_batch(tokenizer, pairs[start:start + batch_size])
-        c, r = sequence_logprobs(model, {k: v.to(device) for k, v in batch.items()}, average).float().cpu().chunk(2)
-        chosen.append(c)
-        rejected.append(r)
-    return torch.cat(chosen), torch.cat(rejected)
+    examples = [sft_example(tokenizer, chat(p["prompt"], p["chosen"])) for p in pairs]
+    examples += [sft_example(tokenizer, chat(p["prompt"], p["rejected"])) for p in pairs]
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    out = torch.empty(len(examples))
+    for start in tqdm(range(0, len(order), 2 * batch_size), desc="log-probs", disable=not progress, leave=False):
+        rows = order[start:start + 2 * batch_size]
+        batch = collate([examples[i] for i in rows], tokenizer.pad_token_id)
+        out[rows] = sequence_logprobs(model, {k: v.to(device) for k, v in batch.items()}, average).float().cpu()
+    return out[:len(pairs)], out[len(pairs):]
 
 
 def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 20, batch_size: int = 4,

@@ -133,3 +133,19 @@ def tiny_frozen(tokenizer):
 
     model, _ = tiny_model(seed=2, tokenizer=tokenizer)
     return model.requires_grad_(False)
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_pair_logprobs_do_not_depend_on_batching(tiny, average):
+    """Batches are cut from the replies sorted by length; each pair's log-probs equal its own batch's, in order."""
+    model, tokenizer = tiny
+    pairs = load_preferences("train")[:5]
+    alone = [align.sequence_logprobs(model, dpo.preference_batch(tokenizer, [p]), average) for p in pairs]
+    want_c, want_r = torch.stack([a[0] for a in alone]), torch.stack([a[1] for a in alone])
+    assert not torch.allclose(want_c, want_r)
+    for batch_size in (1, 2, 16):
+        chosen, rejected = dpo.pair_logprobs(model, tokenizer, pairs, batch_size=batch_size, progress=False,
+                                             average=average)
+        assert chosen.shape == rejected.shape == (5,)
+        torch.testing.assert_close(chosen, want_c.detach(), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(rejected, want_r.detach(), atol=1e-4, rtol=1e-5)
