@@ -55,12 +55,13 @@ def encode_example(tokenizer, text: str, label: str) -> tuple[list[int], list[in
 
 @torch.inference_mode()
 def score_prompts(model: nn.Module, tokenizer, prompts: Sequence[list[int]], labels: Sequence[str] = TICKET_LABELS,
-                  batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+                  batch_size: int = 16, progress: bool = True, prefix_cache: bool = True) -> torch.Tensor:
     """(len(prompts), len(labels)) next-token logits of each label's token right after each prompt (token ids).
 
     - **Prefix caching**: the tokens every prompt starts with (the chat template and system prompt, about half
       of a ticket's prompt) run through the model once; their keys and values are reused by every batch, as
-      serving engines do (vLLM's automatic prefix caching). A lone prompt is scored in one pass.
+      serving engines do (vLLM's automatic prefix caching). A lone prompt is scored in one pass, and so is
+      every prompt with ``prefix_cache=False`` (``scripts/bench_scoring.py`` compares the two).
     - The rest of each prompt is left-padded, so the last position is the prompt's end in every row; positions
       continue from the prefix, counted over real tokens only, so padding does not shift them.
     - Batches are cut from the prompts sorted by length, so little compute goes to padding; rows come back in
@@ -69,7 +70,9 @@ def score_prompts(model: nn.Module, tokenizer, prompts: Sequence[list[int]], lab
     device = next(model.parameters()).device
     wanted = torch.tensor(label_token_ids(tokenizer, labels), device=device)
     prompts = [list(p) for p in prompts]
-    shared = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1) if len(prompts) > 1 else 0
+    shared = 0
+    if prefix_cache and len(prompts) > 1:  # the longest common prefix, leaving each prompt at least one token
+        shared = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1)
     prefix = None
     if shared > 0:
         prefix = model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True).cache

@@ -1,21 +1,26 @@
-"""Check course_lib on a CUDA GPU against the same computation on the CPU (for machines that have one;
-the course never requires a GPU). Uses the tiny SmolLM2-shaped model, so it needs only the tokenizer.
+"""Check course_lib on a CUDA GPU against the same computation on the CPU (for machines that have one; the
+course never requires a GPU): the heavy path of every topic, on the tiny SmolLM2-shaped model (and the
+embedded MiniLM), so it needs no download and runs in about a minute.
 
-    python scripts/gpu_check.py [TOKENIZER_FOLDER]
+    python scripts/gpu_check.py                  # on the GPU
+    python scripts/gpu_check.py --device cpu     # a dry run on the CPU (what tests/test_gpu_check.py runs)
+
+Prints one line per check (OK / FAIL) and exits 1 if any failed.
 """
 from __future__ import annotations
 
+import argparse
 import copy
+import math
 import sys
 import time
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoTokenizer
 
-from course_lib import classify, lora, quant
-from course_lib.data import load_tickets
-from course_lib.models import tiny_model
+from course_lib import align, classify, dpo, lora, metrics, quant, retrieval, reward
+from course_lib.data import load_preferences, load_tickets, reference_prose
+from course_lib.models import default_device, load_minilm, tiny_model
 
 
 def report(name: str, ok: bool, detail: str) -> bool:
@@ -23,17 +28,17 @@ def report(name: str, ok: bool, detail: str) -> bool:
     return ok
 
 
-def main() -> None:
-    if not torch.cuda.is_available():
-        sys.exit("no CUDA device: nothing to check")
-    import transformers, peft
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | transformers {transformers.__version__} "
-          f"| peft {peft.__version__}")
-    tokenizer = AutoTokenizer.from_pretrained(sys.argv[1]) if len(sys.argv) > 1 else None
-    model, tokenizer = tiny_model(seed=0, tokenizer=tokenizer)
-    results = []
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float().cpu() - b.float().cpu()).abs().max().item()
 
-    # LoRA on the GPU equals PEFT on the GPU, and our GPU result equals our CPU result.
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def check_lora(model, tokenizer, device) -> list[bool]:
+    """Topic 3: LoRA on the device equals PEFT on the device and our result on the CPU; merging keeps it."""
     ours = lora.inject_lora(copy.deepcopy(model), r=4, alpha=8)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -48,61 +53,139 @@ def main() -> None:
     batch = tokenizer(["LoRA on a GPU", "gives the same numbers as on a CPU"], return_tensors="pt", padding=True)
     with torch.no_grad():
         cpu_logits = ours(**batch).logits
-    ours_gpu, theirs_gpu = ours.cuda(), theirs.cuda()
-    gb = {k: v.cuda() for k, v in batch.items()}
+    ours, theirs = ours.to(device), theirs.to(device)
+    on = {k: v.to(device) for k, v in batch.items()}
     with torch.no_grad():
-        a, b = ours_gpu(**gb).logits, theirs_gpu(**gb).logits
-    results.append(report("LoRA forward, ours vs PEFT on GPU", (a - b).abs().max() < 1e-5,
-                          f"max |diff| {(a - b).abs().max():.2e}"))
-    results.append(report("LoRA forward, GPU vs CPU", (a.cpu() - cpu_logits).abs().max() < 1e-3,
-                          f"max |diff| {(a.cpu() - cpu_logits).abs().max():.2e} (TF32/cuBLAS rounding)"))
-    lora.merge_lora(ours_gpu)
+        a, b = ours(**on).logits, theirs(**on).logits
+    results = [report("topic 3: LoRA forward, ours vs PEFT", max_diff(a, b) < 1e-5, f"max |diff| {max_diff(a, b):.2e}"),
+               report(f"topic 3: LoRA forward, {device} vs CPU", max_diff(a, cpu_logits) < 1e-3,
+                      f"max |diff| {max_diff(a, cpu_logits):.2e} (TF32/cuBLAS rounding)")]
+    lora.merge_lora(ours)
     with torch.no_grad():
-        merged = ours_gpu(**gb).logits
-    results.append(report("LoRA merge on GPU", (merged - a).abs().max() < 1e-4, f"max |diff| {(merged - a).abs().max():.2e}"))
+        merged = ours(**on).logits
+    results.append(report("topic 3: LoRA merge", max_diff(merged, a) < 1e-4, f"max |diff| {max_diff(merged, a):.2e}"))
+    return results
 
-    # NF4 / double quantization on the GPU: same codes and constants as on the CPU.
+
+def check_quantization(device) -> list[bool]:
+    """Topic 4: NF4 and double quantization give the same codes and constants on the device as on the CPU."""
     w = torch.randn(1536, 576, generator=torch.Generator().manual_seed(0)) * 0.02
     p_cpu, a_cpu = quant.nf4_quantize(w)
-    p_gpu, a_gpu = quant.nf4_quantize(w.cuda())
-    results.append(report("NF4 codes GPU vs CPU", torch.equal(p_cpu, p_gpu.cpu()) and torch.equal(a_cpu, a_gpu.cpu()),
-                          f"{int((p_cpu != p_gpu.cpu()).sum())} of {p_cpu.numel()} packed bytes differ"))
-    back_gpu = quant.nf4_dequantize(p_gpu, a_gpu, tuple(w.shape))
-    results.append(report("NF4 dequantize GPU vs CPU",
-                          torch.equal(back_gpu.cpu(), quant.nf4_dequantize(p_cpu, a_cpu, tuple(w.shape))), "exact"))
-    dq_cpu, dq_gpu = quant.nf4_double_quantize(w), quant.nf4_double_quantize(w.cuda())
-    results.append(report("NF4 double quantization GPU vs CPU",
-                          (quant.nf4_double_dequantize(dq_gpu).cpu() - quant.nf4_double_dequantize(dq_cpu)).abs().max() < 1e-6,
-                          f"absmax codes differing: {int((dq_cpu.absmax_codes != dq_gpu.absmax_codes.cpu()).sum())}"))
-    big = torch.randn(8192, 8192, device="cuda") * 0.02
-    torch.cuda.synchronize()
+    p_dev, a_dev = quant.nf4_quantize(w.to(device))
+    results = [report(f"topic 4: NF4 codes, {device} vs CPU",
+                      torch.equal(p_cpu, p_dev.cpu()) and torch.equal(a_cpu, a_dev.cpu()),
+                      f"{int((p_cpu != p_dev.cpu()).sum())} of {p_cpu.numel()} packed bytes differ")]
+    back = quant.nf4_dequantize(p_dev, a_dev, tuple(w.shape))
+    results.append(report(f"topic 4: NF4 dequantize, {device} vs CPU",
+                          torch.equal(back.cpu(), quant.nf4_dequantize(p_cpu, a_cpu, tuple(w.shape))), "exact"))
+    dq_cpu, dq_dev = quant.nf4_double_quantize(w), quant.nf4_double_quantize(w.to(device))
+    diff = max_diff(quant.nf4_double_dequantize(dq_dev), quant.nf4_double_dequantize(dq_cpu))
+    results.append(report(f"topic 4: NF4 double quantization, {device} vs CPU", diff < 1e-6,
+                          f"absmax codes differing: {int((dq_cpu.absmax_codes != dq_dev.absmax_codes.cpu()).sum())}"))
+    size = 8192 if device.type == "cuda" else 1024
+    big = torch.randn(size, size, device=device) * 0.02
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(5):
         packed, absmax = quant.nf4_quantize(big)
         quant.nf4_dequantize(packed, absmax, tuple(big.shape))
-    torch.cuda.synchronize()
+    synchronize(device)
     seconds = (time.perf_counter() - start) / 5
-    print(f"info NF4 quantize+dequantize on GPU: {big.numel() * 4 / seconds / 1e9:.1f} GB/s of fp32 weights")
+    rate = big.numel() * 4 / seconds / 1e9
+    print(f"info topic 4: NF4 quantize+dequantize on {device}: {rate:.2f} GB/s of fp32 weights")
+    return results
 
-    # QLoRA on the GPU: NF4 base, LoRA on top, the loss falls and the codes stay.
+
+def check_qlora(tokenizer, device) -> list[bool]:
+    """Topic 4: QLoRA (NF4 base, LoRA on top) trains on the device and leaves the codes as they were."""
     qmodel, _ = tiny_model(seed=0, tokenizer=tokenizer)
     quant.quantize_model(qmodel, "nf4-dq")
     lora.inject_lora(qmodel, r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
-    qmodel.cuda()
+    qmodel.to(device)
     codes = {n: m.codes.clone() for n, m in qmodel.named_modules() if isinstance(m, quant.QuantLinear)}
     history = classify.train_classifier(qmodel, tokenizer, load_tickets("train")[:8], steps=20, batch_size=4,
                                         lr=3e-2, progress=False)
-    fell = sum(history["loss"][-5:]) / 5 < history["loss"][0] - 0.4
+    last = sum(history["loss"][-5:]) / 5
     kept = all(torch.equal(m.codes, codes[n]) for n, m in qmodel.named_modules() if isinstance(m, quant.QuantLinear))
-    results.append(report("QLoRA trains on GPU", fell and kept,
-                          f"loss {history['loss'][0]:.2f} -> {sum(history['loss'][-5:]) / 5:.2f}, codes unchanged: {kept}"))
+    return [report("topic 4: QLoRA trains", last < history["loss"][0] - 0.4 and kept,
+                   f"loss {history['loss'][0]:.2f} -> {last:.2f}, codes unchanged: {kept}")]
 
-    # Classification scoring on the GPU equals the CPU.
+
+def check_scoring(model, tokenizer, device) -> list[bool]:
+    """Topics 1, 3, 6: label scores (prefix cache included) on the device equal the CPU's."""
     texts = [r["text"] for r in load_tickets("test")[:16]]
-    cpu_scores = classify.label_logits(model, tokenizer, texts, progress=False)
-    gpu_scores = classify.label_logits(copy.deepcopy(model).cuda(), tokenizer, texts, progress=False)
-    results.append(report("label scores GPU vs CPU", (gpu_scores - cpu_scores).abs().max() < 1e-3,
-                          f"max |diff| {(gpu_scores - cpu_scores).abs().max():.2e}"))
+    cpu = classify.label_logits(model, tokenizer, texts, progress=False)
+    dev = classify.label_logits(copy.deepcopy(model).to(device), tokenizer, texts, progress=False)
+    return [report(f"topics 1, 3, 6: label scores, {device} vs CPU", max_diff(dev, cpu) < 1e-3,
+                   f"max |diff| {max_diff(dev, cpu):.2e}")]
+
+
+def check_embeddings(device) -> list[bool]:
+    """Topics 1, 2 and 5: MiniLM sentence embeddings (retrieval, near duplicates) and the reward model."""
+    encoder, tok = load_minilm(device="cpu")
+    texts = [r["text"] for r in load_tickets("test")[:16]]
+    cpu = retrieval.embed(texts, encoder, tok, progress=False)
+    dev = retrieval.embed(texts, copy.deepcopy(encoder).to(device), tok, progress=False)
+    results = [report(f"topics 1, 2: MiniLM embeddings, {device} vs CPU", max_diff(dev, cpu) < 1e-4,
+                      f"max |diff| {max_diff(dev, cpu):.2e}")]
+    torch.manual_seed(0)
+    rm = reward.RewardModel(encoder, tok)
+    pairs = load_preferences("test")[:8]
+    prompts, replies = [p["prompt"] for p in pairs], [p["chosen"] for p in pairs]
+    cpu_r = rm.score(prompts, replies)
+    dev_r = copy.deepcopy(rm).to(device).score(prompts, replies)
+    results.append(report(f"topic 5: reward model scores, {device} vs CPU", max_diff(dev_r, cpu_r) < 1e-4,
+                          f"max |diff| {max_diff(dev_r, cpu_r):.2e}"))
+    return results
+
+
+def check_alignment(model, tokenizer, device) -> list[bool]:
+    """Topic 5: DPO log-probs on the device equal the CPU's; DPO trains there from loss log 2; replies generate."""
+    pairs = load_preferences("train")[:8]
+    cpu_c, cpu_r = dpo.pair_logprobs(model, tokenizer, pairs, progress=False)
+    policy = copy.deepcopy(model).to(device)
+    dev_c, dev_r = dpo.pair_logprobs(policy, tokenizer, pairs, progress=False)
+    diff = max(max_diff(dev_c, cpu_c), max_diff(dev_r, cpu_r))
+    results = [report(f"topic 5: DPO log-probs, {device} vs CPU", diff < 1e-2,
+                      f"max |diff| {diff:.2e} (sums over ~40 reply tokens)")]
+    lora.inject_lora(policy, r=4, alpha=8)
+    history = dpo.train_dpo(policy, tokenizer, pairs, steps=8, batch_size=4, lr=5e-3, beta=0.5, progress=False)
+    results.append(report("topic 5: DPO trains", abs(history["loss"][0] - math.log(2)) < 1e-4
+                          and history["margin"][-1] > history["margin"][0],
+                          f"loss {history['loss'][0]:.4f} (log 2 = {math.log(2):.4f}) -> {history['loss'][-1]:.4f}"))
+    replies = align.generate_replies(policy, tokenizer, [p["prompt"] for p in pairs[:4]], max_new_tokens=8,
+                                     progress=False)
+    results.append(report("topic 5: generation", len(replies) == 4 and all(isinstance(r, str) for r in replies),
+                          f"{len(replies)} replies, first {replies[0][:40]!r}"))
+    return results
+
+
+def check_perplexity(model, tokenizer, device) -> list[bool]:
+    """Topics 4, 6: perplexity on the device equals the CPU's."""
+    text = reference_prose(3000)
+    cpu = metrics.perplexity(model, tokenizer, text, max_length=256)
+    dev = metrics.perplexity(copy.deepcopy(model).to(device), tokenizer, text, max_length=256)
+    return [report(f"topics 4, 6: perplexity, {device} vs CPU", abs(dev - cpu) / cpu < 1e-4,
+                   f"{dev:.4f} vs {cpu:.4f}")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
+    device = torch.device(parser.parse_args(argv).device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA device: nothing to check (--device cpu runs the checks on the CPU)")
+    import peft
+    import transformers
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else True
+    print(f"{name} | torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
+          f"| bf16 {'supported' if bf16 else 'not supported (the course computes in fp32)'} "
+          f"| notebooks load models on: {default_device()}")
+    model, tokenizer = tiny_model(seed=0)
+    results = (check_lora(model, tokenizer, device) + check_quantization(device) + check_qlora(tokenizer, device)
+               + check_scoring(model, tokenizer, device) + check_embeddings(device)
+               + check_alignment(model, tokenizer, device) + check_perplexity(model, tokenizer, device))
     print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
     sys.exit(0 if all(results) else 1)
 

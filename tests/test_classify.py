@@ -29,6 +29,10 @@ def test_label_logits_do_not_depend_on_padding_or_batching(tiny):
         assert_tensors_close(together, alone, atol=1e-4, rtol=1e-4)
     assert classify.label_logits(model, tokenizer, [], progress=False).shape == (0, len(TICKET_LABELS))
     # Together the prompts share a prefix (template, system prompt) that is run once; alone there is none.
+    cached = classify.label_logits(model, tokenizer, texts, progress=False)
+    plain = classify.score_prompts(model, tokenizer, [classify.prompt_ids(tokenizer, t) for t in texts],
+                                   progress=False, prefix_cache=False)
+    assert_tensors_close(cached, plain, atol=1e-4, rtol=1e-4)
     unrelated = [[5, 9, 2, 7], [8, 1], [5, 9, 3]]
     assert_tensors_close(classify.score_prompts(model, tokenizer, unrelated, batch_size=2, progress=False),
                          torch.cat([classify.score_prompts(model, tokenizer, [p], progress=False) for p in unrelated]),
