@@ -73,9 +73,11 @@ def score_prompts(model: nn.Module, tokenizer, prompts: Sequence[list[int]], lab
     shared = 0
     if prefix_cache and len(prompts) > 1:  # the longest common prefix, leaving each prompt at least one token
         shared = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1)
-    prefix = None
+    prefix, key = None, "cache"
     if shared > 0:
-        prefix = model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True).cache
+        out = model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True)
+        key = "cache" if "cache" in out else "past_key_values"  # transformers 5.24 renamed past_key_values
+        prefix = out.get(key)
         shared = shared if prefix is not None else 0  # a model without a key/value cache scores whole prompts
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = torch.empty(len(prompts), len(labels))
@@ -85,12 +87,13 @@ def score_prompts(model: nn.Module, tokenizer, prompts: Sequence[list[int]], lab
         input_ids = pad(rest, tokenizer.pad_token_id, left=True).to(device)
         mask = pad([[1] * len(p) for p in rest], 0, left=True).to(device)
         positions = shared + (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = None
+        cached = {}
         if prefix is not None:
             cache = copy.deepcopy(prefix)  # each batch appends its own keys and values to its copy
             cache.batch_repeat_interleave(len(rows))
+            cached = {key: cache}
             mask = torch.cat([mask.new_ones(len(rows), shared), mask], dim=1)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, logits_to_keep=1)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **cached)
         scores[rows] = out.logits[:, -1, wanted].float().cpu()
     return scores
 
