@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .data import TICKET_LABELS
 from .metrics import accuracy
-from .sft import IGNORE_INDEX, pad, render_chat, sft_example, train_sft
+from .sft import IGNORE_INDEX, length_batches, pad, render_chat, sft_example, train_sft
 
 SYSTEM_PROMPT = f"Classify this support ticket as {', '.join(TICKET_LABELS[:-1])} or {TICKET_LABELS[-1]}."
 
@@ -79,10 +79,9 @@ def score_prompts(model: nn.Module, tokenizer, prompts: Sequence[list[int]], lab
         key = "cache" if "cache" in out else "past_key_values"  # transformers 5.24 renamed past_key_values
         prefix = out.get(key)
         shared = shared if prefix is not None else 0  # a model without a key/value cache scores whole prompts
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = torch.empty(len(prompts), len(labels))
-    for start in tqdm(range(0, len(prompts), batch_size), desc="scoring", disable=not progress, leave=False):
-        rows = order[start:start + batch_size]
+    for rows in tqdm(length_batches(list(map(len, prompts)), batch_size), desc="scoring", disable=not progress,
+                     leave=False):
         rest = [prompts[i][shared:] for i in rows]
         input_ids = pad(rest, tokenizer.pad_token_id, left=True).to(device)
         mask = pad([[1] * len(p) for p in rest], 0, left=True).to(device)

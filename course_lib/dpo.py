@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .align import chat, sequence_logprobs
 from .lora import adapters_disabled
-from .sft import IGNORE_INDEX, batch_indices, collate, sft_example
+from .sft import IGNORE_INDEX, batch_indices, collate, length_batches, sft_example
 from .training import TrainConfig, train
 
 
@@ -65,12 +65,16 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     return DPOOutput(losses.mean(), beta * chosen_logratios.detach(), beta * rejected_logratios.detach())
 
 
-def preference_batch(tokenizer, pairs: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """One batch holding the chosen chats of ``pairs`` followed by their rejected chats (TRL's layout), with
+def preference_examples(tokenizer, pairs: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of the chosen chats of ``pairs`` followed by their rejected chats (TRL's layout), with
     labels on the reply tokens only."""
-    examples = [sft_example(tokenizer, chat(p["prompt"], p["chosen"])) for p in pairs]
-    examples += [sft_example(tokenizer, chat(p["prompt"], p["rejected"])) for p in pairs]
-    return collate(examples, tokenizer.pad_token_id)
+    return ([sft_example(tokenizer, chat(p["prompt"], p["chosen"])) for p in pairs]
+            + [sft_example(tokenizer, chat(p["prompt"], p["rejected"])) for p in pairs])
+
+
+def preference_batch(tokenizer, pairs: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """:func:`preference_examples` as one padded batch."""
+    return collate(preference_examples(tokenizer, pairs), tokenizer.pad_token_id)
 
 
 @torch.inference_mode()
@@ -80,12 +84,10 @@ def pair_logprobs(model: nn.Module, tokenizer, pairs: Sequence[dict], batch_size
     per reply token). Batches of ``2 * batch_size`` replies are cut from all the replies sorted by length, so
     little compute goes to padding; the results keep the pairs' order."""
     device = next(model.parameters()).device
-    examples = [sft_example(tokenizer, chat(p["prompt"], p["chosen"])) for p in pairs]
-    examples += [sft_example(tokenizer, chat(p["prompt"], p["rejected"])) for p in pairs]
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    examples = preference_examples(tokenizer, pairs)
     out = torch.empty(len(examples))
-    for start in tqdm(range(0, len(order), 2 * batch_size), desc="log-probs", disable=not progress, leave=False):
-        rows = order[start:start + 2 * batch_size]
+    for rows in tqdm(length_batches([len(ids) for ids, _ in examples], 2 * batch_size), desc="log-probs",
+                     disable=not progress, leave=False):
         batch = collate([examples[i] for i in rows], tokenizer.pad_token_id)
         out[rows] = sequence_logprobs(model, {k: v.to(device) for k, v in batch.items()}, average).float().cpu()
     return out[:len(pairs)], out[len(pairs):]

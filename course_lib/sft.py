@@ -70,6 +70,13 @@ def batch_indices(count: int, steps: int, batch_size: int, seed: int = 0) -> lis
     return [[order[(step * batch_size + i) % count] for i in range(batch_size)] for step in range(steps)]
 
 
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of batches of ``batch_size`` items cut from the items sorted by length (ties keep their order), so
+    that each batch pads little: for evaluation, where a result does not depend on which items share a batch."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of (input_ids, labels) into a batch; padding gets label -100 and mask 0."""
     ids, labels = zip(*examples)
@@ -114,13 +121,12 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
 def eval_loss(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad_id: int,
               batch_size: int = 16) -> float:
     """Mean answer-token cross-entropy of ``model`` over (input_ids, labels) examples: the validation loss.
-    Batches are cut from the examples sorted by length (the mean does not depend on the order), so little
-    compute goes to padding."""
+    Batches are cut from the examples sorted by length (:func:`length_batches`; the mean does not depend on the
+    order), so little compute goes to padding."""
     total = count = 0.0
     device = next(model.parameters()).device
-    examples = sorted(examples, key=lambda e: len(e[0]))
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(list(examples[start:start + batch_size]), pad_id).items()}
+    for rows in length_batches([len(ids) for ids, _ in examples], batch_size):
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in rows], pad_id).items()}
         tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
         total += answer_loss(model, batch).item() * tokens
         count += tokens

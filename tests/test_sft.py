@@ -142,3 +142,11 @@ def test_transformers_trainer_with_peft_takes_the_same_steps_as_train_sft(tiny):
     trained = get_peft_model_state_dict(peft_model)
     for key, value in lora.adapter_state_dict(model).items():
         assert_tensors_close(trained[key], value, atol=1e-5, rtol=1e-4, name=key)
+
+
+def test_length_batches_cut_the_items_sorted_by_length_into_batches():
+    lengths = [5, 2, 9, 2, 7, 1, 5]
+    batches = sft.length_batches(lengths, 3)
+    assert batches == [[5, 1, 3], [0, 6, 4], [2]]  # by length, ties in their order; the last batch is short
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert sft.length_batches([], 4) == []
