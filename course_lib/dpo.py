@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .align import chat, sequence_logprobs
 from .lora import adapters_disabled
+from .models import mixed_precision
 from .sft import IGNORE_INDEX, batch_indices, collate, length_batches, sft_example
 from .training import TrainConfig, train
 
@@ -95,7 +96,7 @@ def pair_logprobs(model: nn.Module, tokenizer, pairs: Sequence[dict], batch_size
 
 def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 20, batch_size: int = 4,
               lr: float = 5e-4, beta: float = 0.1, sft_weight: float = 0.0, seed: int = 0, progress: bool = True,
-              **loss_kwargs) -> dict[str, list[float]]:
+              precision: str = "fp32", **loss_kwargs) -> dict[str, list[float]]:
     """Preference-tune the trainable parameters of ``model`` (LoRA adapters on a frozen base) with
     :func:`dpo_loss` and AdamW. The reference is the frozen base: the model with its adapters switched off
     (:func:`course_lib.lora.adapters_disabled`), whatever earlier training did to them, so a second call goes
@@ -105,6 +106,8 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
     per-token margin). ``sft_weight`` > 0 adds that multiple of the mean negative log-likelihood of the chosen
     replies' tokens (TRL's ``loss_type=["sigmoid", "sft"]``, the RPO recipe of Pang et al. 2024): it keeps DPO
     from lowering the chosen replies' likelihood along with the rejected ones'.
+    ``precision`` (as in :class:`~course_lib.training.TrainConfig`) applies to the reference log-probabilities
+    too, so that before the first update the policy's equal them.
 
     Returns per-step ``loss``, ``margin``, ``accuracy``, ``chosen_reward``, ``rejected_reward``, ``seconds``.
     """
@@ -116,7 +119,7 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
     batches = [[pairs[i] for i in idx] for idx in batch_indices(len(pairs), steps, batch_size, seed)]
     seen = {id(p): p for b in batches for p in b}
     model.eval()
-    with adapters_disabled(model):
+    with adapters_disabled(model), mixed_precision(device, precision):
         ref_c, ref_r = pair_logprobs(model, tokenizer, list(seen.values()), progress=progress, average=average)
     ref = {key: (c, r) for key, c, r in zip(seen, ref_c, ref_r)}
 
@@ -135,4 +138,5 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
                       "chosen_reward": out.chosen_rewards.mean().item(),
                       "rejected_reward": out.rejected_rewards.mean().item()}
 
-    return train(model, batches, step_loss, TrainConfig(steps=steps, lr=lr), progress=progress, desc="DPO")
+    return train(model, batches, step_loss, TrainConfig(steps=steps, lr=lr, precision=precision), progress=progress,
+                 desc="DPO")

@@ -138,13 +138,13 @@ def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]],
               accumulation: int = 1, warmup_steps: int = 0, schedule: str = "constant",
               validation: Sequence[tuple[list[int], list[int]]] | None = None, eval_every: int = 0,
               patience: int = 0, metric: Callable[[], dict[str, float]] | None = None, monitor: str = "loss",
-              mode: str = "min", accelerator=None) -> dict:
+              mode: str = "min", precision: str = "fp32", accelerator=None) -> dict:
     """Supervised fine-tuning of the trainable parameters of ``model`` on (input_ids, labels) examples (labels
     -100 where no loss is wanted) with :func:`course_lib.training.train`: ``steps`` optimizer steps of
     ``batch_size`` examples (from one seeded shuffle, :func:`batch_indices`), each made of ``accumulation``
     micro-batches. With ``validation`` examples, the validation loss (and ``metric()``'s numbers, e.g. accuracy)
     every ``eval_every`` steps picks the best checkpoint, restored at the end (``monitor``, ``mode``,
-    ``patience`` as in :class:`~course_lib.training.TrainConfig`). With an ``accelerate.Accelerator`` over N
+    ``patience`` and ``precision`` as in :class:`~course_lib.training.TrainConfig`). With an ``accelerate.Accelerator`` over N
     processes, each trains on every N-th example of each micro-batch (``scripts/train_distributed.py``).
 
     Returns the history: per step ``loss``, ``lr``, ``seconds``; per evaluation ``eval_step`` and ``eval_*``.
@@ -152,7 +152,8 @@ def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]],
     if batch_size % accumulation:
         raise ValueError(f"batch_size {batch_size} is not a multiple of accumulation {accumulation}")
     config = TrainConfig(steps=steps, lr=lr, accumulation=accumulation, warmup_steps=warmup_steps,
-                         schedule=schedule, eval_every=eval_every, patience=patience, monitor=monitor, mode=mode)
+                         schedule=schedule, eval_every=eval_every, patience=patience, monitor=monitor, mode=mode,
+                         precision=precision)
     device = next(p for p in model.parameters()).device
     micro = batch_indices(len(examples), steps * accumulation, batch_size // accumulation, seed)
     if accelerator is not None and accelerator.num_processes > 1:

@@ -9,6 +9,9 @@
   with an ``accelerate.Accelerator``, each process computes its share of every batch and the gradients are
   averaged over the processes before the step (what DistributedDataParallel does), so the update equals one
   process's on the whole batch.
+- **Mixed precision** (``precision="bf16"``, or ``"auto"`` where the hardware multiplies bf16 matrices): each
+  micro-batch's forward pass runs under ``torch.autocast`` (:func:`course_lib.models.mixed_precision`), the
+  weights, gradients and optimizer state stay fp32.
 - **Validation** every ``eval_every`` optimizer steps (and after the last): ``evaluate()`` returns metrics, one
   of which (``monitor``) picks the **best checkpoint**: the trainable parameters (e.g. LoRA adapters) are kept
   in memory whenever it improves and restored at the end. **Early stopping** after ``patience`` evaluations
@@ -28,6 +31,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .models import PRECISIONS, mixed_precision
+
 SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -45,6 +50,7 @@ class TrainConfig:
     monitor: str = "loss"        # the metric of evaluate() that picks the best checkpoint
     mode: str = "min"            # "min" (a loss) or "max" (an accuracy)
     patience: int = 0            # evaluations without improvement before stopping early; 0: never
+    precision: str = "fp32"      # "bf16" mixed precision, or "auto": bf16 where the hardware has it
 
     def __post_init__(self):
         if self.steps < 1 or self.accumulation < 1 or self.warmup_steps < 0 or self.eval_every < 0 or self.patience < 0:
@@ -53,6 +59,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -98,7 +106,8 @@ def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object
         logged: dict[str, float] = {}
         total = 0.0
         for micro in micro_batches[step * config.accumulation:(step + 1) * config.accumulation]:
-            loss, numbers = step_loss(micro)
+            with mixed_precision(params[0].device, config.precision):
+                loss, numbers = step_loss(micro)
             (loss / config.accumulation).backward()
             total += loss.item() / config.accumulation
             for key, value in numbers.items():
@@ -118,7 +127,7 @@ def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object
         last = step == config.steps - 1
         if evaluate is not None and ((config.eval_every and (step + 1) % config.eval_every == 0) or last):
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), mixed_precision(params[0].device, config.precision):
                 metrics = evaluate()
             model.train()
             history["eval_step"].append(step + 1)

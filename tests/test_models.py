@@ -88,6 +88,29 @@ def test_default_device_prefers_what_is_asked():
     assert models.default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def test_precision_auto_follows_the_hardware_and_bad_names_are_refused(monkeypatch):
+    monkeypatch.setattr(models, "bf16_native", lambda device="cpu": True)
+    assert models.resolve_precision("cpu", "auto") == "bf16"
+    monkeypatch.setattr(models, "bf16_native", lambda device="cpu": False)
+    assert models.resolve_precision("cpu", "auto") == "fp32"
+    assert models.resolve_precision("cpu", "bf16") == "bf16"  # asked for: emulated where not native
+    with pytest.raises(ValueError, match="precision must be one of"):
+        models.resolve_precision("cpu", "fp16")
+    assert not models.bf16_native("meta")
+    assert models.bf16_native("cuda") == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_mixed_precision_casts_the_matmuls_and_keeps_the_weights_and_losses_fp32(precision, dtype):
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    with models.mixed_precision("cpu", precision):
+        y = layer(x)
+        loss = torch.nn.functional.cross_entropy(y, torch.tensor([0, 1, 2]))
+    assert y.dtype == dtype and loss.dtype == torch.float32 and layer.weight.dtype == torch.float32
+    assert torch.allclose(y.float(), layer(x), atol=0.05, rtol=0.02)
+
+
 @pytest.mark.slow
 def test_embedded_smollm2_weights_are_dequantized_q4_1_but_minilm_is_native_fp32(smollm2):
     """Why topic 4 uses MiniLM for weight distributions: SmolLM2's blocks of 32 hold at most 16 values."""

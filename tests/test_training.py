@@ -102,6 +102,27 @@ def test_sft_trains_exactly_as_the_plain_loop_it_replaced(tiny):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_bf16_steps_see_every_update_and_track_fp32(tiny):
+    """Mixed precision per micro-batch: each forward pass uses the weights the last step wrote (an autocast block
+    around the whole loop would keep its first bf16 copies and the loss on a repeated batch would not move),
+    and the run stays within bf16's rounding of the fp32 run."""
+    model, tokenizer = _adapted(tiny)
+    start = _state(model)
+    batch = sft.collate(_examples(tokenizer)[:8], tokenizer.pad_token_id)
+    loss = lambda b: (sft.answer_loss(model, b), {})
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        with torch.no_grad():
+            for p, s in zip((p for p in model.parameters() if p.requires_grad), start):
+                p.copy_(s)
+        runs[precision] = train(model, [batch] * 6, loss, TrainConfig(steps=6, lr=1e-2, precision=precision),
+                                progress=False)["loss"]
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert runs["bf16"][-1] < runs["bf16"][0] - 0.1 and runs["fp32"][-1] < runs["fp32"][0] - 0.1
+    assert runs["bf16"] != runs["fp32"]  # bf16 really ran
+    assert runs["bf16"] == pytest.approx(runs["fp32"], rel=0.03)
+
+
 def test_bad_settings_are_refused(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="no trainable parameters"):
@@ -109,6 +130,8 @@ def test_bad_settings_are_refused(tiny):
     model, tokenizer = _adapted(tiny)
     with pytest.raises(ValueError, match="need 6 batches, got 2"):
         train(model, [None, None], lambda b: (None, {}), TrainConfig(steps=3, accumulation=2), progress=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(steps=1, precision="fp16")
 
 
 @pytest.mark.slow
