@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from course_lib import doctor
+from course_lib import doctor, models
 
 
 def test_this_environment_is_healthy_and_the_command_says_so():
@@ -13,6 +13,8 @@ def test_this_environment_is_healthy_and_the_command_says_so():
     assert all(c.status == "ok" for c in libraries.values()), "make setup installs exactly the pinned versions"
     run = subprocess.run([sys.executable, "-m", "course_lib", "doctor"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "[  ok] torch" in run.stdout and "course_lib doctor:" in run.stdout
+    bf16 = next(c for c in checks if c.name == "CPU bf16")
+    assert bf16.found.startswith("yes" if models.bf16_native("cpu") else "no")
 
 
 def test_pins_are_read_from_a_constraints_file(tmp_path):
