@@ -20,7 +20,7 @@ from peft import LoraConfig, get_peft_model
 
 from course_lib import align, classify, dpo, lora, metrics, quant, retrieval, reward
 from course_lib.data import load_preferences, load_tickets, reference_prose
-from course_lib.models import default_device, load_minilm, tiny_model
+from course_lib.models import bf16_native, default_device, load_minilm, mixed_precision, resolve_precision, tiny_model
 
 
 def report(name: str, ok: bool, detail: str) -> bool:
@@ -149,12 +149,15 @@ def check_alignment(model, tokenizer, device) -> list[bool]:
     results = [report(f"topic 5: DPO log-probs, {device} vs CPU", diff < 1e-2,
                       f"max |diff| {diff:.2e} (sums over ~40 reply tokens)")]
     lora.inject_lora(policy, r=4, alpha=8)
-    history = dpo.train_dpo(policy, tokenizer, pairs, steps=8, batch_size=4, lr=5e-3, beta=0.5, progress=False)
-    results.append(report("topic 5: DPO trains", abs(history["loss"][0] - math.log(2)) < 1e-4
+    precision = resolve_precision(device)  # what topic 5 trains in there
+    history = dpo.train_dpo(policy, tokenizer, pairs, steps=8, batch_size=4, lr=5e-3, beta=0.5, progress=False,
+                            precision=precision)
+    results.append(report(f"topic 5: DPO trains in {precision}", abs(history["loss"][0] - math.log(2)) < 1e-4
                           and history["margin"][-1] > history["margin"][0],
                           f"loss {history['loss'][0]:.4f} (log 2 = {math.log(2):.4f}) -> {history['loss'][-1]:.4f}"))
-    replies = align.generate_replies(policy, tokenizer, [p["prompt"] for p in pairs[:4]], max_new_tokens=8,
-                                     progress=False)
+    with mixed_precision(device, precision):
+        replies = align.generate_replies(policy, tokenizer, [p["prompt"] for p in pairs[:4]], max_new_tokens=8,
+                                         progress=False)
     results.append(report("topic 5: generation", len(replies) == 4 and all(isinstance(r, str) for r in replies),
                           f"{len(replies)} replies, first {replies[0][:40]!r}"))
     return results
@@ -178,9 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     import peft
     import transformers
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else True
     print(f"{name} | torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-          f"| bf16 {'supported' if bf16 else 'not supported (the course computes in fp32)'} "
+          f"| bf16 matmuls {'native: topic 5 trains in bf16' if bf16_native(device) else 'not native: fp32 throughout'} "
           f"| notebooks load models on: {default_device()}")
     model, tokenizer = tiny_model(seed=0)
     results = (check_lora(model, tokenizer, device) + check_quantization(device) + check_qlora(tokenizer, device)
