@@ -119,8 +119,9 @@ def check_machine() -> list[Check]:
     cores = os.cpu_count() or 1
     checks = [Check("CPU cores", "ok" if cores >= 2 else "warn", f"{cores} (torch uses {torch.get_num_threads()})",
                     "" if cores >= 2 else "notebooks take about twice as long on one core"),
-              Check("CPU bf16", "ok", "yes (AVX512-BF16 or AMX): training runs in bf16 mixed precision" if bf16_native("cpu")
-                    else "no: training on the CPU runs in fp32 (same results, no bf16 speed-up)")]
+              Check("CPU bf16", "ok",
+                    "yes (AVX512-BF16 or AMX): topics 3 and 5 train in bf16 mixed precision" if bf16_native("cpu")
+                    else "no: topics 3 and 5 train in fp32 on the CPU (same lessons, no bf16 speed-up)")]
     try:
         memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
         checks.append(Check("memory", "ok" if memory_gb >= 4 else "warn", f"{memory_gb:.1f} GB",
