@@ -144,8 +144,9 @@ def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]],
     ``batch_size`` examples (from one seeded shuffle, :func:`batch_indices`), each made of ``accumulation``
     micro-batches. With ``validation`` examples, the validation loss (and ``metric()``'s numbers, e.g. accuracy)
     every ``eval_every`` steps picks the best checkpoint, restored at the end (``monitor``, ``mode``,
-    ``patience`` and ``precision`` as in :class:`~course_lib.training.TrainConfig`). With an ``accelerate.Accelerator`` over N
-    processes, each trains on every N-th example of each micro-batch (``scripts/train_distributed.py``).
+    ``patience`` and ``precision`` as in :class:`~course_lib.training.TrainConfig`). With an
+    ``accelerate.Accelerator`` over N processes, each trains on every N-th example of each micro-batch
+    (``scripts/train_distributed.py``).
 
     Returns the history: per step ``loss``, ``lr``, ``seconds``; per evaluation ``eval_step`` and ``eval_*``.
     """

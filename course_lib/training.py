@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import PRECISIONS, mixed_precision
+from .models import PRECISIONS, mixed_precision, resolve_precision
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -97,6 +97,8 @@ def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object
     history: dict = {"loss": [], "lr": [], "seconds": [], "eval_step": [], "best_step": None, "stopped_early": False}
     best, best_state, waited = None, None, 0
     sign = 1 if config.mode == "min" else -1
+    device = params[0].device
+    precision = resolve_precision(device, config.precision)  # "auto" becomes fp32 or bf16 once, here
     bar = tqdm(range(config.steps), desc=desc, disable=not progress)
     start = time.perf_counter()
     model.train()
@@ -106,7 +108,7 @@ def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object
         logged: dict[str, float] = {}
         total = 0.0
         for micro in micro_batches[step * config.accumulation:(step + 1) * config.accumulation]:
-            with mixed_precision(params[0].device, config.precision):
+            with mixed_precision(device, precision):
                 loss, numbers = step_loss(micro)
             (loss / config.accumulation).backward()
             total += loss.item() / config.accumulation
@@ -115,7 +117,7 @@ def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object
         if accelerator is not None and accelerator.num_processes > 1:
             for p in params:
                 p.grad = accelerator.reduce(p.grad, reduction="mean")
-            total = accelerator.reduce(torch.tensor([total], device=params[0].device), reduction="mean").item()
+            total = accelerator.reduce(torch.tensor([total], device=device), reduction="mean").item()
         if config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
@@ -127,7 +129,7 @@ def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object
         last = step == config.steps - 1
         if evaluate is not None and ((config.eval_every and (step + 1) % config.eval_every == 0) or last):
             model.eval()
-            with torch.no_grad(), mixed_precision(params[0].device, config.precision):
+            with torch.no_grad(), mixed_precision(device, precision):
                 metrics = evaluate()
             model.train()
             history["eval_step"].append(step + 1)

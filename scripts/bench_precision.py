@@ -24,9 +24,9 @@ from course_lib.models import bf16_native, load_default_model, mixed_precision, 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def run(model, tokenizer, initial: list[torch.Tensor], precision: str) -> tuple[dict, dict]:
+def run(model, tokenizer, initial: list[torch.Tensor], train_pairs: list[dict], test_pairs: list[dict],
+        precision: str) -> tuple[dict, dict]:
     """Notebook 5's section 5 in ``precision``, from the adapters' initial state; (seconds, results)."""
-    train_pairs, test_pairs = load_preferences("train"), load_preferences("test")
     heldout, tickets = test_pairs[:24], [p["prompt"] for p in test_pairs[-16:]]
     with torch.no_grad():
         for p, start in zip((p for p in model.parameters() if p.requires_grad), initial):
@@ -62,11 +62,12 @@ def main() -> None:
     inject_lora(model, r=8, alpha=16, target_modules=TARGETS)
     initial = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     assert len(initial) == 2 * len(list(lora_layers(model)))
+    train_pairs, test_pairs = load_preferences("train"), load_preferences("test")
     times: dict[str, list[dict]] = {"fp32": [], "bf16": []}
     results: dict[str, dict] = {}
     for r in range(args.rounds):
         for precision in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
-            seconds, results[precision] = run(model, tokenizer, initial, precision)
+            seconds, results[precision] = run(model, tokenizer, initial, train_pairs, test_pairs, precision)
             times[precision].append(seconds)
             print(f"round {r + 1} {precision}: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     print(f"\nmedians of {args.rounds} rounds   {'fp32':>8} {'bf16':>8} {'speed-up':>9}")
@@ -75,8 +76,9 @@ def main() -> None:
         print(f"{part:<28} {fp32:>7.1f}s {bf16:>7.1f}s {fp32 / bf16:>8.2f}x")
     print()
     for precision, res in results.items():
-        print(f"{precision}: loss {res['loss'][0]:.3f} -> {res['loss'][-1]:.3f}; held-out accuracy {res['accuracy']:.0%}, "
-              f"margin {res['margin']:.2f}; house style {res['style']:.0%}\n      first reply: {res['reply']}")
+        print(f"{precision}: loss {res['loss'][0]:.3f} -> {res['loss'][-1]:.3f}; "
+              f"held-out accuracy {res['accuracy']:.0%}, margin {res['margin']:.2f}; house style {res['style']:.0%}"
+              f"\n      first reply: {res['reply']}")
     gap = max(abs(a - b) for a, b in zip(results["fp32"]["loss"], results["bf16"]["loss"]))
     print(f"largest per-step loss gap between the two: {gap:.3f}")
 

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name} | torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-          f"| bf16 matmuls {'native: topic 5 trains in bf16' if bf16_native(device) else 'not native: fp32 throughout'} "
+          f"| bf16 matmuls {'native: topics 3, 5 train in bf16' if bf16_native(device) else 'not native: fp32'} "
           f"| notebooks load models on: {default_device()}")
     model, tokenizer = tiny_model(seed=0)
     results = (check_lora(model, tokenizer, device) + check_quantization(device) + check_qlora(tokenizer, device)

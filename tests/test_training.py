@@ -29,6 +29,12 @@ def _state(model):
     return [p.detach().clone() for p in model.parameters() if p.requires_grad]
 
 
+def _restore(model, state):
+    with torch.no_grad():
+        for p, saved in zip((p for p in model.parameters() if p.requires_grad), state):
+            p.copy_(saved)
+
+
 def test_accumulating_four_micro_batches_equals_one_big_batch(tiny):
     model, tokenizer = _adapted(tiny)
     examples = _examples(tokenizer)  # every example has two answer tokens: equal weights per micro-batch
@@ -38,9 +44,7 @@ def test_accumulating_four_micro_batches_equals_one_big_batch(tiny):
     loss = lambda batch: (sft.answer_loss(model, batch), {})
     train(model, big, loss, TrainConfig(steps=1, lr=1e-2), progress=False)
     after_big = _state(model)
-    with torch.no_grad():
-        for p, s in zip((p for p in model.parameters() if p.requires_grad), start):
-            p.copy_(s)
+    _restore(model, start)
     history = train(model, small, loss, TrainConfig(steps=1, lr=1e-2, accumulation=4), progress=False)
     for a, b in zip(after_big, _state(model)):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
@@ -112,9 +116,7 @@ def test_bf16_steps_see_every_update_and_track_fp32(tiny):
     loss = lambda b: (sft.answer_loss(model, b), {})
     runs = {}
     for precision in ("fp32", "bf16"):
-        with torch.no_grad():
-            for p, s in zip((p for p in model.parameters() if p.requires_grad), start):
-                p.copy_(s)
+        _restore(model, start)
         runs[precision] = train(model, [batch] * 6, loss, TrainConfig(steps=6, lr=1e-2, precision=precision),
                                 progress=False)["loss"]
         assert all(p.dtype == torch.float32 for p in model.parameters())
