@@ -88,6 +88,22 @@ def plot_dpo_runs(runs: dict[str, dict[str, Sequence[float]]]):
     return fig
 
 
+def plot_shared_prefix_mask(mask: Sequence[Sequence[bool]], segment: Sequence[int]):
+    """Who attends to whom in one prefix-shared DPO sequence (:func:`course_lib.dpo.shared_prefix_batch`): a query
+    token per row, a key token per column, coloured by the key's part (prompt, chosen, rejected), white where
+    masked; returns the figure."""
+    colours = [(0.55, 0.55, 0.55), (0.16, 0.48, 0.73), (0.85, 0.37, 0.01)]  # prompt, chosen, rejected
+    image = [[colours[key] if allowed else (1.0, 1.0, 1.0) for allowed, key in zip(row, segment)] for row in mask]
+    fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    ax.imshow(image, interpolation="nearest")
+    for name, colour in zip(("prompt", "chosen", "rejected"), colours):
+        ax.plot([], [], "s", color=colour, label=name)
+    ax.set(xlabel="key (attended to)", ylabel="query (attending)", title="One sequence per preference pair")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_reward_distributions(panels: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str = "reward"):
     """Histograms of chosen vs rejected rewards, one panel per stage (title -> (chosen, rejected))."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.3), squeeze=False)

@@ -162,3 +162,44 @@ def test_pair_logprobs_do_not_depend_on_batching(tiny, average):
         assert chosen.shape == rejected.shape == (5,)
         torch.testing.assert_close(chosen, want_c.detach(), atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(rejected, want_r.detach(), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prefix_gives_the_two_sequences_log_probs_and_gradients(tiny, attention):
+    """Prompt + chosen + rejected in one sequence (the rejected reply masked from the chosen one, its positions
+    restarted) gives each reply's log-prob, per-token mean and gradient as its own sequence does, with the prompt
+    computed once."""
+    model, tokenizer = tiny
+    model.config._attn_implementation = attention
+    inject_lora(model, r=4, alpha=8)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # adapters that change the outputs, so the gradients reach both factors
+            torch.nn.init.normal_(param, std=0.1)
+    pairs = load_preferences("train")[:5]
+    examples = [dpo.shared_prefix_example(tokenizer, p) for p in pairs]
+    for pair, example in zip(pairs, examples):
+        prompt = sft.render_chat(tokenizer, align.chat(pair["prompt"]), True)
+        assert example["input_ids"][:len(prompt)] == prompt  # shared once, then chosen and rejected
+        assert len(example["input_ids"]) == sum(len(ids) for ids, _ in dpo.preference_examples(tokenizer, [pair])) \
+            - len(prompt)
+    batch = dpo.shared_prefix_batch(examples, tokenizer.pad_token_id)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for average in (False, True):
+        separate_c, separate_r = align.sequence_logprobs(model, dpo.preference_batch(tokenizer, pairs),
+                                                         average).chunk(2)
+        shared_c, shared_r = dpo.shared_prefix_logprobs(model, batch, average)
+        torch.testing.assert_close(shared_c, separate_c, atol=1e-4 if not average else 1e-5, rtol=1e-6)
+        torch.testing.assert_close(shared_r, separate_r, atol=1e-4 if not average else 1e-5, rtol=1e-6)
+        want = torch.autograd.grad((separate_c - 0.5 * separate_r).sum(), params)
+        got = torch.autograd.grad((shared_c - 0.5 * shared_r).sum(), params)
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
+
+
+def test_shared_prefix_refuses_attention_without_custom_masks(tiny):
+    model, tokenizer = tiny
+    model.config._attn_implementation = "flash_attention_2"
+    batch = dpo.shared_prefix_batch([dpo.shared_prefix_example(tokenizer, load_preferences("train")[0])],
+                                    tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
+        dpo.shared_prefix_logprobs(model, batch)

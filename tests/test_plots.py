@@ -5,7 +5,7 @@ matplotlib.use("Agg")
 
 from course_lib.plots import (moving_average, plot_accuracy, plot_confusion_matrices, plot_dpo_runs, plot_intervals,
                               plot_lora_sweep, plot_loss, plot_nf4_levels, plot_perplexity_vs_memory,
-                              plot_reward_distributions)
+                              plot_reward_distributions, plot_shared_prefix_mask)
 
 
 def test_moving_average_is_trailing():
@@ -37,6 +37,13 @@ def test_alignment_plots_show_their_data():
     assert [ax.get_title() for ax in fig.axes] == ["before", "after"]
     chosen_counts = sum(p.get_height() for p in fig.axes[1].patches[:20])
     assert chosen_counts == 3
+    # prompt (1 token), chosen (1), rejected (2): the rejected tokens see the prompt and each other, not the chosen
+    mask = [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 1, 1]]
+    fig = plot_shared_prefix_mask([[bool(v) for v in row] for row in mask], [0, 1, 2, 2])
+    pixels = fig.axes[0].images[0].get_array()
+    assert [[tuple(pixels[q, k]) != (1.0, 1.0, 1.0) for k in range(4)] for q in range(4)] == [
+        [bool(v) for v in row] for row in mask]
+    assert tuple(pixels[3, 0]) != tuple(pixels[3, 2])  # prompt and rejected keys in different colours
 
 
 def test_evaluation_plots_show_their_data():
