@@ -175,7 +175,8 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
     log-probabilities are per-token means, as TRL computes them for IPO (its 1/(2 beta) target is then a
     per-token margin). ``sft_weight`` > 0 adds that multiple of the mean negative log-likelihood of the chosen
     replies' tokens (TRL's ``loss_type=["sigmoid", "sft"]``, the RPO recipe of Pang et al. 2024): it keeps DPO
-    from lowering the chosen replies' likelihood along with the rejected ones'.
+    from lowering the chosen replies' likelihood along with the rejected ones'. Each pair is one prefix-shared
+    sequence (:func:`shared_prefix_example`), for policy and reference alike.
     ``precision`` (as in :class:`~course_lib.training.TrainConfig`) applies to the reference log-probabilities
     too, so that before the first update the policy's equal them.
 
