@@ -109,19 +109,36 @@ def check_models() -> list[Check]:
     return checks
 
 
+def check_cpu_bf16() -> Check:
+    """Whether the CPU multiplies bf16 natively, and the precision topics 3 and 5 will train in there
+    (``$COURSE_LIB_PRECISION`` overrides the choice)."""
+    from .models import bf16_native, resolve_precision
+
+    native = bf16_native("cpu")
+    hardware = "yes (AVX512-BF16 or AMX)" if native else "no"
+    forced = os.environ.get("COURSE_LIB_PRECISION")
+    try:
+        precision = resolve_precision("cpu")
+    except ValueError as error:
+        return Check("CPU bf16", "fail", f"{hardware}; {error}", "unset COURSE_LIB_PRECISION, or set it to fp32")
+    found = f"{hardware}: topics 3 and 5 train in {'bf16 mixed precision' if precision == 'bf16' else 'fp32'}"
+    if forced and forced != "auto":
+        found += f" (COURSE_LIB_PRECISION={forced})"
+    if precision == "bf16" and not native:
+        return Check("CPU bf16", "warn", found + ", emulated: slower than fp32", "unset COURSE_LIB_PRECISION")
+    return Check("CPU bf16", "ok", found + ("" if native or forced else " (same lessons, no bf16 speed-up)"))
+
+
 def check_machine() -> list[Check]:
     """Cores and their bf16 support, memory, free disk where the model cache lives, bubblewrap, and the GPU with
     its dtypes."""
     import torch
 
-    from .models import bf16_native, cache_dir
+    from .models import cache_dir
 
     cores = os.cpu_count() or 1
     checks = [Check("CPU cores", "ok" if cores >= 2 else "warn", f"{cores} (torch uses {torch.get_num_threads()})",
-                    "" if cores >= 2 else "notebooks take about twice as long on one core"),
-              Check("CPU bf16", "ok",
-                    "yes (AVX512-BF16 or AMX): topics 3 and 5 train in bf16 mixed precision" if bf16_native("cpu")
-                    else "no: topics 3 and 5 train in fp32 on the CPU (same lessons, no bf16 speed-up)")]
+                    "" if cores >= 2 else "notebooks take about twice as long on one core"), check_cpu_bf16()]
     try:
         memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
         checks.append(Check("memory", "ok" if memory_gb >= 4 else "warn", f"{memory_gb:.1f} GB",

@@ -179,10 +179,16 @@ def bf16_native(device: str | torch.device = "cpu") -> bool:
 
 
 def resolve_precision(device: str | torch.device, precision: str = "auto") -> str:
-    """``"fp32"`` or ``"bf16"``: ``"auto"`` is bf16 where :func:`bf16_native`, else fp32."""
+    """``"fp32"`` or ``"bf16"``: ``"auto"`` is ``$COURSE_LIB_PRECISION`` when that is set (``fp32`` reproduces a
+    machine without bf16, or rules bf16 out), else bf16 where :func:`bf16_native`, else fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
+        chosen = os.environ.get("COURSE_LIB_PRECISION", "auto")
+        if chosen not in PRECISIONS:
+            raise ValueError(f"COURSE_LIB_PRECISION must be one of {PRECISIONS}, got {chosen!r}")
+        if chosen != "auto":
+            return chosen
         return "bf16" if bf16_native(device) else "fp32"
     return precision
 

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from course_lib import doctor, models
 
 
@@ -15,6 +17,21 @@ def test_this_environment_is_healthy_and_the_command_says_so():
     assert run.returncode == 0 and "[  ok] torch" in run.stdout and "course_lib doctor:" in run.stdout
     bf16 = next(c for c in checks if c.name == "CPU bf16")
     assert bf16.found.startswith("yes" if models.bf16_native("cpu") else "no")
+
+
+@pytest.mark.parametrize("native, forced, status, says", [
+    (True, None, "ok", "train in bf16 mixed precision"), (False, None, "ok", "train in fp32"),
+    (True, "fp32", "ok", "train in fp32 (COURSE_LIB_PRECISION=fp32)"), (False, "bf16", "warn", "emulated"),
+    (True, "half", "fail", "COURSE_LIB_PRECISION must be one of")])
+def test_cpu_bf16_line_says_what_topics_3_and_5_will_compute_in(monkeypatch, native, forced, status, says):
+    monkeypatch.setattr(models, "bf16_native", lambda device="cpu": native)
+    if forced:
+        monkeypatch.setenv("COURSE_LIB_PRECISION", forced)
+    else:
+        monkeypatch.delenv("COURSE_LIB_PRECISION", raising=False)
+    check = doctor.check_cpu_bf16()
+    assert check.status == status and says in check.found, check
+    assert check.found.startswith("yes" if native else "no")
 
 
 def test_pins_are_read_from_a_constraints_file(tmp_path):

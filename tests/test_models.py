@@ -89,8 +89,15 @@ def test_default_device_prefers_what_is_asked():
 
 
 def test_precision_auto_follows_the_hardware_and_bad_names_are_refused(monkeypatch):
+    monkeypatch.delenv("COURSE_LIB_PRECISION", raising=False)
     monkeypatch.setattr(models, "bf16_native", lambda device="cpu": True)
     assert models.resolve_precision("cpu", "auto") == "bf16"
+    monkeypatch.setenv("COURSE_LIB_PRECISION", "fp32")  # a learner rules bf16 out, or reproduces a laptop
+    assert models.resolve_precision("cpu", "auto") == "fp32" and models.resolve_precision("cpu", "bf16") == "bf16"
+    monkeypatch.setenv("COURSE_LIB_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="COURSE_LIB_PRECISION must be one of"):
+        models.resolve_precision("cpu", "auto")
+    monkeypatch.delenv("COURSE_LIB_PRECISION")
     monkeypatch.setattr(models, "bf16_native", lambda device="cpu": False)
     assert models.resolve_precision("cpu", "auto") == "fp32"
     assert models.resolve_precision("cpu", "bf16") == "bf16"  # asked for: emulated where not native
