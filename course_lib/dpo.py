@@ -108,7 +108,7 @@ def shared_prefix_batch(examples: Sequence[dict[str, list[int]]], pad_id: int) -
     pad_with = {"input_ids": pad_id, "labels": IGNORE_INDEX, "position_ids": 0, "source": 0, "segment": 0}
     batch = {key: torch.tensor([row[key] + [value] * (length - len(row[key])) for row in examples])
              for key, value in pad_with.items()}
-    real = torch.tensor([[t < len(row["input_ids"]) for t in range(length)] for row in examples])
+    real = torch.arange(length) < torch.tensor([len(row["input_ids"]) for row in examples])[:, None]
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     crossed = (batch["segment"][:, :, None] == 2) & (batch["segment"][:, None, :] == 1)  # rejected sees chosen
     batch["attention_mask"] = (causal & ~crossed & (real[:, None, :] | ~real[:, :, None]))[:, None]
@@ -147,18 +147,24 @@ def shared_prefix_logprobs(model: nn.Module, batch: dict[str, torch.Tensor],
     return sums[0], sums[1]
 
 
-@torch.inference_mode()
 def pair_logprobs(model: nn.Module, tokenizer, pairs: Sequence[dict], batch_size: int = 8,
                   progress: bool = True, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(chosen | prompt) and log p(rejected | prompt) under ``model`` for every pair (with ``average``,
     per reply token), by :func:`shared_prefix_logprobs`. Batches of ``batch_size`` pairs are cut from all the
     pairs sorted by length, so little compute goes to padding; the results keep the pairs' order."""
+    return examples_logprobs(model, [shared_prefix_example(tokenizer, p) for p in pairs], tokenizer.pad_token_id,
+                             batch_size, progress, average)
+
+
+@torch.inference_mode()
+def examples_logprobs(model: nn.Module, examples: Sequence[dict[str, list[int]]], pad_id: int, batch_size: int = 8,
+                      progress: bool = True, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pair_logprobs` of pairs already made into :func:`shared_prefix_example` rows."""
     device = next(model.parameters()).device
-    examples = [shared_prefix_example(tokenizer, p) for p in pairs]
-    chosen, rejected = torch.empty(len(pairs)), torch.empty(len(pairs))
+    chosen, rejected = torch.empty(len(examples)), torch.empty(len(examples))
     for rows in tqdm(length_batches([len(e["input_ids"]) for e in examples], batch_size), desc="log-probs",
                      disable=not progress, leave=False):
-        batch = shared_prefix_batch([examples[i] for i in rows], tokenizer.pad_token_id)
+        batch = shared_prefix_batch([examples[i] for i in rows], pad_id)
         c, r = shared_prefix_logprobs(model, {k: v.to(device) for k, v in batch.items()}, average)
         chosen[rows], rejected[rows] = c.float().cpu(), r.float().cpu()
     return chosen, rejected
@@ -190,10 +196,11 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
     batches = [[pairs[i] for i in idx] for idx in batch_indices(len(pairs), steps, batch_size, seed)]
     seen = {id(p): p for b in batches for p in b}
     model.eval()
-    with adapters_disabled(model), mixed_precision(device, precision):
-        ref_c, ref_r = pair_logprobs(model, tokenizer, list(seen.values()), progress=progress, average=average)
-    ref = {key: (c, r) for key, c, r in zip(seen, ref_c, ref_r)}
     examples = {key: shared_prefix_example(tokenizer, pair) for key, pair in seen.items()}
+    with adapters_disabled(model), mixed_precision(device, precision):
+        ref_c, ref_r = examples_logprobs(model, list(examples.values()), tokenizer.pad_token_id, progress=progress,
+                                         average=average)
+    ref = {key: (c, r) for key, c, r in zip(seen, ref_c, ref_r)}
 
     def step_loss(rows: list[dict]) -> tuple[torch.Tensor, dict]:
         batch = shared_prefix_batch([examples[id(p)] for p in rows], tokenizer.pad_token_id)
