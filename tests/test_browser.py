@@ -88,12 +88,12 @@ def lab(tmp_path_factory):
 # --- Reading the notebook through JupyterLab's own model ---------------------------------------------------
 
 _PANEL = "window.jupyterapp.shell.currentWidget"
-_KERNEL_IDLE = f"""() => {{
-  const p = {_PANEL};
+_KERNEL_IDLE = """() => {
+  const p = window.jupyterapp && window.jupyterapp.shell && window.jupyterapp.shell.currentWidget;  // still loading?
   return !!(p && p.sessionContext && p.sessionContext.session && p.sessionContext.session.kernel
             && p.sessionContext.session.kernel.connectionStatus === 'connected'
             && p.sessionContext.session.kernel.status === 'idle' && p.content && p.content.model);
-}}"""
+}"""
 _CELLS = f"""() => {{
   const cells = {_PANEL}.content.model.cells, out = [];
   for (let i = 0; i < cells.length; i++) out.push(cells.get(i).toJSON());
