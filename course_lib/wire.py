@@ -234,11 +234,13 @@ def serve(path: str, namespace: dict) -> None:
     """Answer the call request at ``path`` (written by the grader, read-only here) with the function named in
     it from ``namespace`` (the kernel's globals), and publish the answer as display data of type ANSWER_MIME.
     Runs inside the learner's sandboxed kernel, so the grader trusts nothing it sends: the answer is only
-    data. The function runs under a :class:`~course_lib.tripwire.Tripwire` on the references the request
-    names; changes to its tensor arguments are reported (by position or keyword), not sent back."""
-    from IPython.display import publish_display_data
+    data. Changes to its tensor arguments are reported (by position or keyword), not sent back.
 
-    from .tripwire import Tripwire
+    A request with a ``probe`` calls a function the grader itself defines (a given probe, from the release): its
+    source runs in a fresh namespace made of the notebook's set-up and, from ``namespace``, only the learner's
+    names the probe tests (``learner``), so nothing the learner's code bound or rebound (the probe's own name, the
+    helpers it calls) takes its place."""
+    from IPython.display import publish_display_data
 
     with open(path, "rb") as f:
         request, tensors = unpack(f.read())
@@ -246,6 +248,13 @@ def serve(path: str, namespace: dict) -> None:
     out: dict[str, torch.Tensor] = {}
     answer: dict = {"ok": False}
     try:
+        probe = request.get("probe")
+        if isinstance(probe, dict):
+            trusted: dict = {"__name__": "__probe__"}
+            exec(compile(str(probe["setup"]), "<set-up>", "exec"), trusted)
+            trusted.update({n: namespace[n] for n in probe["learner"] if n in namespace})
+            exec(compile(str(probe["source"]), "<given probe>", "exec"), trusted)
+            namespace = trusted
         function = namespace.get(request["name"])
         if not callable(function):
             answer["error"] = "NameError"
@@ -256,13 +265,10 @@ def serve(path: str, namespace: dict) -> None:
                 torch.set_rng_state(tensors["rng"])
             inputs = [(str(i), a) for i, a in enumerate(args)] + list(kwargs.items())
             before = {k: a.detach().clone() for k, a in inputs if type(a) in (torch.Tensor, nn.Parameter)}
-            tripwire = Tripwire([str(n) for n in request.get("references", [])])
-            with tripwire:
-                result = function(*args, **kwargs)
+            result = function(*args, **kwargs)
             changed = [k for k, a in inputs if k in before and (a.shape != before[k].shape or
                                                              not torch.equal(a.detach(), before[k]))]
-            answer = {"ok": True, "value": encode(result, out), "mutated": changed, "grads": {},
-                      "references": sorted(tripwire.hits)}
+            answer = {"ok": True, "value": encode(result, out), "mutated": changed, "grads": {}}
             _scalar_grads(result, args, answer, out)
     except Exception as err:  # the learner's error: reported by type only
         answer = {"ok": False, "error": type(err).__name__[:100]}

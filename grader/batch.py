@@ -27,6 +27,7 @@ from .submissions import find_submissions, unpack
 from .verdicts import Exercise, Result, blank_verdicts
 
 SHARDS = "shards"  # the folder under --out where each shard writes its results
+CANARY = "(the course's own solution)"  # not a valid student id: it can never be a learner's
 
 
 def _grade_task(task: tuple) -> Result:
@@ -142,11 +143,16 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
         if jobs > 1:  # kernels side by side share the cores
             limits = replace(limits, threads=limits.threads or max(1, (os.cpu_count() or 1) // jobs))
         released = release(api, names, solutions) if names else {}
-        tasks = [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
-                  run_root, limits, sandboxed,
-                  Path(api.coursedir.root) / "autograded" / s.student / s.assignment / f"{s.assignment}.ipynb")
-                 for s in found]
+        # The canaries: each notebook's own solution, graded first in the same sandbox, must earn full marks.
+        tasks = [(CANARY, name, solutions / f"{name}.ipynb", released[name], solutions / f"{name}.ipynb", run_root,
+                  limits, sandboxed, None) for name in names]
+        tasks += [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
+                   run_root, limits, sandboxed,
+                   Path(api.coursedir.root) / "autograded" / s.student / s.assignment / f"{s.assignment}.ipynb")
+                  for s in found]
         results = _run_tasks(tasks, jobs, progress)
+        canaries, results = results[:len(names)], results[len(names):]
+        _check_canaries(canaries)
         broken = [r for r in results if r.infrastructure]
         if results and len(broken) == len(results):
             reasons = sorted({r.infrastructure for r in broken})
@@ -161,6 +167,26 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(run_root, ignore_errors=True)
     return results
+
+
+def _check_canaries(canaries: list[Result]) -> None:
+    """Raise :class:`GraderError` (nothing is recorded) unless every notebook's own solution earned full marks in
+    this run's sandbox: otherwise the machine, not the learners, would decide the grades (a kernel that cannot
+    import course_lib gives every submission, the correct ones too, zero)."""
+    failed = [c for c in canaries if c.score < c.max_score or c.max_score == 0]
+    if not failed:
+        return
+    lines = []
+    for c in failed:
+        why = c.infrastructure or c.problem or next((f"{e.name}: {e.message}" for e in c.exercises if not e.passed), "")
+        notes = [n for n in c.notes if "is locked" not in n]  # its test cells hold hidden tests: restored, as always
+        lines.append(f"{c.notebook}: {c.score:g} of {c.max_score:g} ({why[:300]}{'; ' if notes else ''}"
+                     f"{'; '.join(notes)[:300]})")
+    raise GraderError("the course's own solution did not earn full marks in this grading sandbox, so the grades would "
+                      "say more about this machine than about the submissions; nothing was recorded. "
+                      + " | ".join(lines) + ". Check that the kernel sees the course's environment: "
+                      "`python -m course_lib doctor`, course_lib installed in the virtual environment (`pip install "
+                      "-e .`) or on PYTHONPATH, and `python -m grader check`.")
 
 
 def finish(api, out: Path, results: list[Result], students: list[str], problems_by_student: dict[str, list[str]],

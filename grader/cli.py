@@ -27,6 +27,7 @@ from .batch import grade, merge, parse_shard
 from .gradebook import (DEFAULT_COURSE, ROOT, SOLUTIONS, GraderError, assignment_names, export, generate,
                         open_course, stale_notebooks)
 from .publish import differences, publish
+from .references import unavailable_problems
 from .sandbox import Limits
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unsandboxed", action="store_true",
                    help="run submissions without the bubblewrap sandbox (only for trusted submissions)")
     p.add_argument("--memory-mb", type=int, default=Limits.memory_mb, help="memory limit per submission")
+    p.add_argument("--grader-memory-mb", type=int, default=Limits.grader_memory_mb,
+                   help="memory the grader itself may add per submission (reading it, the tests' computations)")
     p.add_argument("--cell-timeout", type=int, default=Limits.cell_timeout_s, help="seconds per cell")
     p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_timeout_s, help="seconds per submission: its notebook, restarts and every call of the tests")
     p.add_argument("--run-all-cells", action="store_true",
@@ -67,14 +70,20 @@ def main(argv: list[str] | None = None) -> None:
             stale = stale_notebooks()
             if stale:
                 sys.exit(f"stale learner notebooks: {stale}; run `make notebooks`")
-            problems = {name: skip_problems(nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4))
-                        for name in assignment_names()}
+            notebooks = {name: nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4) for name in assignment_names()}
+            problems = {name: skip_problems(nb) for name, nb in notebooks.items()}
             if any(problems.values()):
                 sys.exit("cells tagged skip-grading that grading needs: " +
                          "; ".join(f"{n}: {p}" for n, ps in problems.items() for p in ps))
-            print("notebooks/ is up to date with solutions/, and every skip-grading tag is safe")
+            problems = {name: unavailable_problems(nb) for name, nb in notebooks.items()}
+            if any(problems.values()):
+                sys.exit("grading would need a reference implementation that does not exist in the grading kernel: " +
+                         "; ".join(f"{n}: {p}" for n, ps in problems.items() for p in ps))
+            print("notebooks/ is up to date with solutions/, every skip-grading tag is safe, and no cell that grading "
+                  "runs needs a reference implementation")
         elif args.command == "grade":
-            limits = Limits(memory_mb=args.memory_mb, cell_timeout_s=args.cell_timeout,
+            limits = Limits(memory_mb=args.memory_mb, grader_memory_mb=args.grader_memory_mb,
+                            cell_timeout_s=args.cell_timeout,
                             notebook_timeout_s=args.notebook_timeout, run_marked_cells=args.run_all_cells)
             shard = parse_shard(args.shard) if args.shard else None
             results = grade(args.submissions, args.out, args.course, args.jobs, not args.unsandboxed, limits,

@@ -1,8 +1,10 @@
 """The learner's kernel: run the rebuilt notebook in the sandbox, then answer the tests' calls as plain data.
 
 Every limit is enforced here (per cell, per call, one clock for the whole submission, output budget, message
-size); a kernel that overruns is killed and a fresh one runs only the set-up and solution cells. Cells tagged
-``skip-grading`` are not run. What comes out of the kernel (text, outputs) is made safe before anyone sees it.
+size); a kernel that overruns is killed and a fresh one runs only the set-up, solution and probe cells. Cells
+tagged ``skip-grading`` are not run, nor the test cells: their tests run in the grader (:mod:`grader.verdicts`),
+where the references that do not exist in the kernel may be used. What comes out of the kernel (text, outputs) is
+made safe before anyone sees it.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_code_cell, new_output
 
+import course_lib
 from course_lib import wire
 from course_lib.models import cache_dir
 
@@ -31,6 +34,7 @@ from .sandbox import Limits, Sandbox
 
 MAX_KERNEL_MESSAGE = wire.MAX_MESSAGE_BYTES * 2  # one message from a kernel (an answer is base64: 4/3 of its bytes)
 SKIPPED_OUTPUT = "[not run when grading: the course marks this cell as not needed for grading]\n"
+TESTS_OUTPUT = "[these tests ran in the grader, outside your kernel: see the feedback for their result]\n"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 KEPT_MIME = ("text/plain", "image/png", "image/jpeg")  # what an instructor's browser may render of learner outputs
@@ -149,6 +153,9 @@ def kernel_env(limits: Limits, home: str) -> dict[str, str]:
            "PYTHONDONTWRITEBYTECODE": "1"}
     if limits.threads:
         env.update({name: str(limits.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    package = Path(course_lib.__file__).resolve().parent
+    if package.parent.name not in ("site-packages", "dist-packages"):  # an editable or PYTHONPATH checkout
+        env["PYTHONPATH"] = str(package.parent)  # in the sandbox only course_lib is there
     return env
 
 
@@ -221,6 +228,9 @@ class KernelSession:
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
+            if cell.get("metadata", {}).get("nbgrader", {}).get("grade"):
+                cell.outputs = [new_output("stream", name="stdout", text=TESTS_OUTPUT)]
+                continue
             if is_skipped(cell) and not self.limits.run_marked_cells:
                 cell.outputs = [new_output("stream", name="stdout", text=SKIPPED_OUTPUT)]
                 self.skipped += keep_notes
@@ -279,16 +289,19 @@ class KernelSession:
             f.write(wire.pack(message, tensors))
         return path
 
-    def call(self, name: str, args: tuple, kwargs: dict, refs: dict[int, str], references: list[str]) -> tuple[dict, dict]:
-        """Call the learner's function ``name`` in the kernel, with tripwires on ``references``; returns the
-        answer message and its tensors."""
+    def call(self, name: str, args: tuple, kwargs: dict, refs: dict[int, str], probe: dict | None = None
+             ) -> tuple[dict, dict]:
+        """Call the learner's function ``name`` in the kernel (or the given probe ``name``, defined from
+        ``probe`` by the call handler: :func:`course_lib.wire.serve`); returns the answer message and its tensors."""
         if self.dead:
             raise LearnerCallError(name, "no kernel: it died or ran past its limits")
         if self._left() <= 1:
             raise LearnerCallError(name, f"the submission used up its {self.limits.notebook_timeout_s} s")
         tensors: dict[str, torch.Tensor] = {"rng": torch.get_rng_state()}
         message = {"name": name, "args": wire.encode(tuple(args), tensors, refs),
-                   "kwargs": wire.encode(dict(kwargs), tensors, refs), "references": list(references)}
+                   "kwargs": wire.encode(dict(kwargs), tensors, refs)}
+        if probe is not None:
+            message["probe"] = probe
         request = self._request(message, tensors)
         cell = new_code_cell(f"import course_lib.wire as __w; __w.serve({str(request)!r}, globals()); del __w")
         timeout = int(min(self.limits.call_timeout_s, self._left()))
@@ -329,5 +342,5 @@ class LearnerCallError(Exception):
     ``detail`` came from the kernel (an exception's type name) and is shown for visible tests only."""
 
     def __init__(self, name: str, what: str, detail: str = ""):
-        self.public = f"`{name}` did not return a result ({what})"
+        self.public, self.detail = f"`{name}` did not return a result ({what})", detail
         super().__init__(self.public[:-1] + (f": {detail})" if detail else ")"))

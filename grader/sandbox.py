@@ -58,6 +58,8 @@ class Limits:
     disk_mb: int = 1024            # the kernel's writable tmpfs (/tmp); its pages count as the kernel's memory
     output_bytes: int = 2_000_000  # notebook outputs kept for the feedback (display updates included)
     cell_timeout_s: int = 600      # one cell
+    examine_s: int = 60            # the grader's reading and static checks of one submission (a child process)
+    grader_memory_mb: int = 3072   # what the grader's own process may add while it grades one submission
     call_timeout_s: int = 60       # one call of a learner's function by the tests
     notebook_timeout_s: int = 1200  # the whole submission: its notebook, restarts and every call of the tests
     threads: int = 0               # torch/OpenMP/MKL threads of the kernel; 0: as many as cores
@@ -125,11 +127,14 @@ def bwrap() -> str:
 
 
 def read_only_paths() -> list[Path]:
-    """Folders the kernel needs besides the system: the Python installation and virtual environment,
-    ``course_lib`` (an editable install lives outside the environment) and the model cache."""
+    """Folders the kernel needs besides the system: the Python installation and virtual environment, every
+    site-packages folder on the grader's path (a ``.pth`` may add another environment's), ``course_lib`` (an
+    editable install or a ``PYTHONPATH`` checkout lives outside the environment) and the model cache. Wherever
+    they are, ``/tmp`` included: they are mounted after the sandbox's own ``/tmp``."""
     interpreter = Path(os.path.realpath(sys.executable)).parents[1]
+    sites = [Path(p) for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
     wanted = [Path(sys.prefix), Path(sys.base_prefix), interpreter, Path(course_lib.__file__).resolve().parent,
-              cache_dir()]
+              cache_dir(), *sites]
     paths = sorted({p.resolve() for p in wanted if p.exists()}, key=lambda p: len(p.parts))
     system = [Path("/") / top for top in SYSTEM]
     kept: list[Path] = []
@@ -249,15 +254,18 @@ def run_folder() -> Path:
 @dataclass
 class Sandbox:
     """How to start one kernel in a sandbox: ``command(argv, env, private, sockets)`` wraps a command line;
-    ``sockets_folder()`` before the launch, ``seal()`` once the kernel is ready, ``cleanup()`` after."""
+    ``sockets_folder()`` before the launch, ``seal()`` once the kernel is ready, ``cleanup()`` after.
+    ``mounts``: ``(source, target)`` files and folders mounted read-only over what the read-only paths hold (the
+    notebook's references, removed: :mod:`grader.references`)."""
     limits: Limits = field(default_factory=Limits)
     cgroups: list[Path] = field(default_factory=list)
     executable: str = "bwrap"      # bubblewrap, as checked by :meth:`create`
+    mounts: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
-    def create(cls, limits: Limits) -> "Sandbox":
+    def create(cls, limits: Limits, mounts: list[tuple[str, str]] = ()) -> "Sandbox":
         executable = bwrap()  # checked before any cgroup is made
-        return cls(limits, _cgroup_dirs(limits), executable)
+        return cls(limits, _cgroup_dirs(limits), executable, list(mounts))
 
     @staticmethod
     def sockets_folder(path: Path) -> Path:
@@ -279,9 +287,12 @@ class Sandbox:
                 raise SandboxBreach(f"unexpected entry in the kernel's socket folder: {entry.name!r}")
 
     def command(self, argv: list[str], env: dict[str, str], private: Path, sockets: Path) -> list[str]:
+        """The command line that runs ``argv`` in the sandbox, with :attr:`mounts` over the read-only paths."""
         etc = private / "etc"
         etc.mkdir(exist_ok=True)
-        args = [*_system_args(), *_parents([Path("/etc/passwd"), Path("/sys/devices/system/cpu")])]
+        # /tmp first: a virtual environment or checkout under /tmp is then mounted inside it, not hidden by it.
+        args = ["--perms", "1777", "--size", str(self.limits.disk_mb * 2**20), "--tmpfs", "/tmp",
+                *_system_args(), *_parents([Path("/etc/passwd"), Path("/sys/devices/system/cpu")])]
         for name, text in ETC.items():
             (etc / name).write_text(text)
             args += ["--ro-bind", str(etc / name), f"/etc/{name}"]
@@ -291,8 +302,9 @@ class Sandbox:
         args += _parents(paths)
         for path in paths:
             args += ["--ro-bind", str(path), str(path)]
+        for source, target in self.mounts:
+            args += ["--ro-bind", source, target]
         args += ["--proc", "/proc", "--dev", "/dev",
-                 "--perms", "1777", "--size", str(self.limits.disk_mb * 2**20), "--tmpfs", "/tmp",
                  "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
                  *_parents([private, sockets]),
                  "--ro-bind", str(private), str(private), "--bind", str(sockets), str(sockets),

@@ -2,9 +2,11 @@
 
 Each exercise's tests (visible, then hidden, from the solution notebook) run here; every call of a learner's
 function crosses into the sandboxed kernel as plain data (:mod:`course_lib.wire`) and back. An answer that uses
-the reference implementation it was asked to write (declared per exercise in the solution's metadata, seen
-statically or by the tripwires while it runs) earns nothing. Feedback on hidden tests shows only the author's
-messages, never inputs, code or tracebacks.
+the reference implementation it was asked to write (declared per exercise in the solution's metadata) earns
+nothing: the references do not exist in the grading kernel (:mod:`grader.references`), and a use seen in the source
+is named in the feedback. A given probe (a locked cell ``<exercise>_probe``) is the release's text, run by the
+kernel's call handler in a namespace of its own. Feedback on hidden tests shows only the author's messages, never
+inputs, code or tracebacks.
 """
 from __future__ import annotations
 
@@ -20,10 +22,10 @@ import torch
 
 from course_lib import wire
 from course_lib.grading import GradingError
-from course_lib.tripwire import TAMPERING
 
 from .kernel import KernelSession, LearnerCallError, safe_text
 from .rebuild import grade_id
+from .references import UNAVAILABLE_ERROR
 
 HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS\n?", re.S)
 
@@ -85,22 +87,25 @@ class _Linked(torch.autograd.Function):
 
 
 class LearnerFunction:
-    """Stands in the grader's namespace for a function the learner wrote: each call runs in the kernel, under
-    tripwires on the exercise's ``references``; which of them ran is collected in ``used``. The grader's own
-    state never takes anything from the kernel: a call that changes its tensor arguments in place fails (the
-    grader's tensors stay as they were), and the grader's random generator moves on by itself."""
+    """Stands in the grader's namespace for a function the learner wrote (or a given probe, ``probe``: the
+    release's source, its set-up and the learner's names it tests): each call runs in the kernel. A call that
+    reached one of the notebook's references (which raise there) is noted in ``used``. The grader's own state
+    never takes anything from the kernel: a call that changes its tensor arguments in place fails (the grader's
+    tensors stay as they were), and the grader's random generator moves on by itself."""
 
-    def __init__(self, name: str, session: KernelSession, refs: dict[str, object], references: list[str]):
-        self.name, self.session = name, session
+    def __init__(self, name: str, session: KernelSession, refs: dict[str, object], probe: dict | None = None):
+        self.name, self.session, self.probe = name, session, probe
         self.refs = {id(v): k for k, v in refs.items() if v is not None}
         self.named = refs
-        self.references = list(references)
-        self.used: set[str] = set()
+        self.used = False
 
     def __call__(self, *args, **kwargs):
-        answer, tensors = self.session.call(self.name, args, kwargs, self.refs, self.references)
+        try:
+            answer, tensors = self.session.call(self.name, args, kwargs, self.refs, self.probe)
+        except LearnerCallError as err:
+            self.used |= err.detail == UNAVAILABLE_ERROR
+            raise
         torch.rand(1)  # each call sees a new state of the grader's generator, as two draws in a row would
-        self.used |= {str(r) for r in answer.get("references") or [] if r in self.references or r == TAMPERING}
         positions = {str(i): f"#{i + 1} (positional)" for i in range(len(args))} | {k: f"'{k}'" for k in kwargs}
         changed = [positions[k] for k in answer.get("mutated") or [] if isinstance(k, str) and k in positions]
         if changed:
@@ -135,11 +140,18 @@ def defined_functions(source: str) -> list[str]:
     return [n.name for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
 
+def defined_names(source: str) -> list[str]:
+    """Names of the top-level functions and classes a solution cell defines (what a probe may test)."""
+    return [n.name for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                                      ast.ClassDef))]
+
+
 def reference_uses(source: str, forbidden: list[str]) -> list[str]:
     """Which of ``forbidden`` (dotted names such as 'dpo.dpo_loss', or module names such as 'trl') the code
-    names through imports (aliases resolved) or attribute chains. A first line only: strings never count (a
-    learner may print a function's name), and what this misses (computed names, ``exec``) the tripwires of
-    :mod:`course_lib.tripwire` see when the function runs. Code that cannot be parsed names nothing."""
+    names through imports (aliases resolved) or attribute chains: only to say so in the feedback, since the
+    references do not exist in the grading kernel anyway. Strings never count (a learner may print a function's
+    name). Code that cannot be parsed names nothing. Learner text: the grader runs this in a bounded child
+    (:mod:`grader.bounded`); each attribute chain is walked once, from its outermost node."""
     from IPython.core.inputtransformer2 import TransformerManager
 
     try:  # magics (%, !) become the Python calls IPython would run
@@ -156,14 +168,18 @@ def reference_uses(source: str, forbidden: list[str]) -> list[str]:
             for a in node.names:
                 aliases[a.asname or a.name] = f"{node.module}.{a.name}"
                 names.add(f"{node.module}.{a.name}")
+    inner = {id(n.value) for n in nodes if isinstance(n, ast.Attribute)}
     for node in nodes:
+        if id(node) in inner or not isinstance(node, (ast.Attribute, ast.Name)):
+            continue
         chain = []
         while isinstance(node, ast.Attribute):
             chain.append(node.attr)
             node = node.value
         if isinstance(node, ast.Name):
             chain.append(aliases.get(node.id, node.id))
-            names.add(".".join(reversed(chain)))
+            chain.reverse()
+            names.update(".".join(chain[:k]) for k in range(1, min(len(chain), 8) + 1))
     hits = []
     for item in forbidden:
         if "." in item:
@@ -175,10 +191,10 @@ def reference_uses(source: str, forbidden: list[str]) -> list[str]:
     return hits
 
 
-def _reference_message(uses: list[str] | set[str]) -> str:
-    if TAMPERING in uses:
-        return ("This answer switched off the grader's checks while it ran (sys.setprofile / settrace). "
-                "It earns no points.")
+def _reference_message(uses: list[str] | None) -> str:
+    if not uses:
+        return ("This answer uses one of this notebook's reference implementations, which do not exist while grading "
+                "(the exercise asks you to write it yourself). It earns no points.")
     return (f"This answer uses {', '.join(sorted(uses))}: the reference implementation you were asked to write "
             "yourself. It earns no points.")
 
@@ -214,21 +230,33 @@ def _failure(err: BaseException, hidden: bool, label: str) -> str:
     return f"{type(err).__name__}: {str(err)[:300]}{line}"
 
 
-def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, learner: nbformat.NotebookNode,
-           release: nbformat.NotebookNode, session: KernelSession) -> list[Exercise]:
-    """Run each exercise's tests (visible, then hidden) in this process against the learner's functions."""
+def probes(solution: nbformat.NotebookNode) -> dict[str, dict]:
+    """The given probes of a notebook: function name -> the call handler's ``probe`` (the locked cell's source
+    from the release, the set-up's imports, the learner's names it may test)."""
+    imports = setup_source(solution)
+    learner = sorted({n for c in solution.cells if c.metadata.get("nbgrader", {}).get("solution")
+                      for n in defined_names(c.source)})
+    return {name: {"source": c.source, "setup": imports, "learner": learner}
+            for c in solution.cells if (grade_id(c) or "").endswith("_probe") and c.cell_type == "code"
+            for name in defined_functions(c.source)}
+
+
+def setup_source(solution: nbformat.NotebookNode) -> str:
+    """The set-up cell's source: the imports the tests (and the probes) run after."""
+    return next(c.source for c in solution.cells if c.cell_type == "code" and "from course_lib import" in c.source)
+
+
+def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, uses: dict[str, list[str]],
+           session: KernelSession) -> list[Exercise]:
+    """Run each exercise's tests (visible, then hidden) in this process against the learner's functions.
+    ``uses``: the references each exercise's answer names in its source (:func:`reference_uses`)."""
     cells = {grade_id(c): c for c in solution.cells if grade_id(c)}
-    imports = next(c.source for c in solution.cells if c.cell_type == "code" and "from course_lib import" in c.source)
-    forbidden = solution.metadata.get("course", {}).get("references", {})
     functions = [name for c in cells.values() if c.metadata["nbgrader"].get("solution")
                  for name in defined_functions(c.source)]
-    executed_by_id = {grade_id(c): c for c in executed.cells if grade_id(c)}
-    release_sources = {c.source for c in release.cells}
-    added = "\n".join(c.source for c in learner.cells if c.get("cell_type") == "code" and not grade_id(c)
-                      and isinstance(c.get("source"), str) and c.source not in release_sources)
+    given = probes(solution)
     base: dict[str, object] = {"__name__": "__grader__"}  # the solution's set-up, run once; each exercise a copy
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(imports, "<imports>", "exec"), base)
+        exec(compile(setup_source(solution), "<imports>", "exec"), base)
     verdicts = []
     for gid, cell in cells.items():
         meta = cell.metadata["nbgrader"]
@@ -236,48 +264,30 @@ def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, lea
             continue
         exercise = gid.removesuffix("_tests")
         points = float(meta.get("points", 0))
-        output = _visible_output(executed_by_id.get(gid))
-        answer = executed_by_id.get(exercise).source if exercise in executed_by_id else ""
-        references = forbidden.get(exercise, [])
-        uses = reference_uses(answer + "\n" + added, references)
-        if uses:
-            verdicts.append(Exercise(gid, 0.0, points, False, _reference_message(uses), output))
+        if uses.get(exercise):
+            verdicts.append(Exercise(gid, 0.0, points, False, _reference_message(uses[exercise])))
             continue
         visible = HIDDEN.sub("", cell.source)
         hidden = "\n".join(m.group(1) for m in HIDDEN.finditer(cell.source))
         named = _named_objects(cell.source)
-        learners = {name: LearnerFunction(name, session, named, references) for name in functions}
+        learners = {name: LearnerFunction(name, session, named) for name in functions}
+        learners |= {name: LearnerFunction(name, session, named, probe) for name, probe in given.items()}
         ns = {**base, **named, **learners}
         torch.manual_seed(0)
-        passed, message = True, ""
+        passed, message, printed = True, "", io.StringIO()
         for part, label, is_hidden in ((visible, f"<visible tests of {gid}>", False),
                                        (hidden, f"<hidden tests of {gid}>", True)):
             try:
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                with contextlib.redirect_stdout(printed if not is_hidden else io.StringIO()), \
+                        contextlib.redirect_stderr(io.StringIO()):
                     exec(compile(part, label, "exec"), ns)
             except Exception as err:
                 passed, message = False, _failure(err, is_hidden, label)
                 break
-        used = set().union(*(f.used for f in learners.values()))
-        if used:  # the tripwires saw a reference run while the tests called the learner's code
-            passed, message = False, _reference_message(used)
-        verdicts.append(Exercise(gid, points if passed else 0.0, points, passed, message, output))
+        if any(f.used for f in learners.values()):  # a call reached a reference, which raised in the kernel
+            passed, message = False, _reference_message(None)
+        verdicts.append(Exercise(gid, points if passed else 0.0, points, passed, message, safe_text(printed.getvalue())))
     return verdicts
-
-
-def _visible_output(cell) -> str:
-    """Text the learner's kernel produced in a test cell (its visible tests)."""
-    if cell is None:
-        return ""
-    parts = []
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream":
-            parts.append(str(out.get("text", "")))
-        elif out.get("output_type") == "error":
-            parts.append("\n".join(str(t) for t in out.get("traceback", [])) or f"{out.get('ename')}: {out.get('evalue')}")
-        elif "text/plain" in out.get("data", {}):
-            parts.append(str(out["data"]["text/plain"]))
-    return safe_text("\n".join(parts))
 
 
 def blank_verdicts(solution: nbformat.NotebookNode, message: str) -> list[Exercise]:

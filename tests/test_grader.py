@@ -228,11 +228,61 @@ def test_a_machine_that_cannot_start_kernels_stops_the_run_and_records_nothing(t
         raise OSError("no more processes")
 
     monkeypatch.setattr(KernelSession, "launch", no_kernel)
-    with pytest.raises(GraderError, match="reason of this machine.*no more processes"):
+    with pytest.raises(GraderError, match="nothing was recorded.*no more processes"):
         grade(subs, out, course=course, solutions=solutions, progress=False)
     assert before == {name: (out / name).read_bytes() for name in before}
     rows = list(csv.DictReader((out / "nbgrader_grades.csv").open()))
     assert [(r["student_id"], float(r["score"])) for r in rows] == [("ann", 1.0)]
+
+
+def test_a_kernel_that_cannot_see_course_lib_stops_the_run_at_the_canary(tmp_path, monkeypatch):
+    # The course's own solution is graded first in the same sandbox; short of full marks, nothing is recorded
+    # (here the kernel cannot import course_lib: every submission, the correct ones too, would score zero).
+    import course_lib
+    import grader.sandbox as sandbox
+
+    solutions, subs = _fixture_batch(tmp_path, {"lora_scale": "def lora_scale(alpha, r):\n    return alpha / r"})
+    package, real = Path(course_lib.__file__).resolve().parent, sandbox.read_only_paths
+    monkeypatch.setattr(sandbox, "read_only_paths", lambda: [p for p in real() if p != package])
+    with pytest.raises(GraderError, match="own solution did not earn full marks.*nothing was recorded.*00_fixture: 0 of 3"):
+        grade(subs, tmp_path / "out", course=tmp_path / "course", solutions=solutions, progress=False)
+    assert not (tmp_path / "out" / "grades.csv").exists()
+    assert not list((tmp_path / "course").rglob("autograded/ann/*"))
+
+
+def test_a_virtual_environment_and_a_checkout_under_tmp_grade_in_full(tmp_path):
+    # CI systems keep both under /tmp, where the sandbox mounts its own tmpfs; the checkout is reached only through
+    # PYTHONPATH, which the kernel's cleared environment would not have. The venv reaches the course's libraries
+    # through a .pth file (its own site-packages holds nothing else).
+    import shutil
+    import site
+    import subprocess
+    import sys
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="course-under-tmp-", dir="/tmp"))
+    try:
+        subprocess.run([str(Path(sys.base_prefix) / "bin" / "python3"), "-m", "venv", "--without-pip",
+                        str(base / "venv")], check=True)
+        (own,) = (base / "venv" / "lib").glob("python3*/site-packages")
+        (own / "course.pth").write_text(site.getsitepackages()[0] + "\n")
+        for package in ("course_lib", "grader"):
+            shutil.copytree(ROOT / package, base / "src" / package, ignore=shutil.ignore_patterns("__pycache__"))
+        solutions, subs = _fixture_batch(tmp_path, {"lora_scale": "def lora_scale(alpha, r):\n    return alpha / r",
+                                                    "scaled_sum": "def scaled_sum(x, y, alpha):\n    return x + alpha * y"})
+        code = ("import sys, course_lib; from pathlib import Path; from grader.batch import grade; "
+                "print('COURSE_LIB', course_lib.__file__); "
+                "(r,) = grade(Path(sys.argv[1]), Path(sys.argv[2]), course=Path(sys.argv[3]), solutions=Path(sys.argv[4]), "
+                "progress=False); print('SCORE', r.score, r.max_score)")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(base / "src")}
+        done = subprocess.run([str(base / "venv" / "bin" / "python"), "-c", code, str(subs), str(tmp_path / "out"),
+                               str(tmp_path / "course"), str(solutions)], cwd=base, env=env, capture_output=True,
+                              text=True, timeout=600)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"COURSE_LIB {base}/src/course_lib/__init__.py" in done.stdout
+    assert "SCORE 3.0 3.0" in done.stdout, done.stdout
 
 
 def test_leftovers_of_a_grader_that_died_are_swept_and_a_live_ones_are_kept(tmp_path):

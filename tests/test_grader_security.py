@@ -38,6 +38,32 @@ def _answers(scale=GOOD_SCALE, total=GOOD_SUM):
     return {"lora_scale": scale, "scaled_sum": total}
 
 
+PROBE = "01_fixture_probe"  # a whole-component exercise (2 points), graded through a locked, given probe
+LAYER = ("class ScaledLayer(nn.Module):\n    def __init__(self, alpha, r):\n        super().__init__()\n"
+         "        self.scale = {}\n\n    def forward(self, x):\n        return x * self.scale")
+GOOD_LAYER, WRONG_LAYER = LAYER.format("alpha / r"), LAYER.format("r / alpha")
+STUB_LAYER = ("class ScaledLayer(nn.Module):\n    def __init__(self, alpha, r):\n        raise NotImplementedError()\n\n"
+              "    def forward(self, x):\n        raise NotImplementedError()")
+FAKE_PROBE = ("def scaled_layer_probe(x, alpha, r):\n    # computes what the tests expect, without the layer\n"
+              "    return {'out': x * alpha / r, 'is_module': True}")
+
+
+def _probe_cases() -> dict:
+    """student -> (solution cell, (source for the probe cell or None), added cell or None, expected points, reason)."""
+    return {
+        "honest_correct": (GOOD_LAYER, None, None, 2, ""),
+        "honest_wrong": (WRONG_LAYER, None, None, 0, "ScaledLayer(16, 8)"),
+        # 11. a probe is trusted code: an edited copy is replaced, a rebound name is not the one the grader calls
+        "probe_rewritten": (STUB_LAYER, FAKE_PROBE, None, 0, "locked"),
+        "probe_rebound": (STUB_LAYER + "\n\n\n" + FAKE_PROBE, None, None, 0, "did not return"),
+        "probe_rebound_later": (STUB_LAYER, None, FAKE_PROBE + "\nnn = None\ntorch = None", 0, "did not return"),
+        "probe_uses_reference": (f"import sys\nclass ScaledLayer(nn.Module):\n    def __init__(self, alpha, r):\n"
+                                 f"        super().__init__()\n        self.scale = getattr(sys.modules['course_lib.lora'], "
+                                 f"'lora_' + 'scaling')(alpha, r)\n\n    def forward(self, x):\n        return x * self.scale",
+                                 None, None, 0, "reference implementation"),
+    }
+
+
 def _cases(paths: dict) -> dict:
     """student -> (answers or raw bytes or None for a notebook edited by a function, expected total, reason)."""
     secrets = [paths["gradebook"], paths["solution"], paths["other"], paths["canary"], paths["other_course"],
@@ -50,7 +76,7 @@ def _cases(paths: dict) -> dict:
                  "for name in ('/proc/1/cmdline', '/proc/1/environ', '/proc/self/environ'):\n"
                  "    try:\n        print(name, open(name, 'rb').read().replace(b'\\0', b' ')[:3000])\n"
                  "    except OSError as err:\n        print(name, err)\n"
-                 "print(dict(os.environ))")
+                 "print(dict(os.environ))\nlora_scale(16, 8)  # the tests' calls print nowhere: look once here")
     write_code = ("import os\ndef lora_scale(alpha, r):\n"
                   f"    for p in {[str(p) for p in secrets]!r}:\n"
                   "        for attempt in (lambda: open(p, 'wb').write(b'pwned'), lambda: os.remove(p)):\n"
@@ -86,7 +112,7 @@ def _cases(paths: dict) -> dict:
     disk = ("import os\ndef lora_scale(alpha, r):\n    written = 0\n    for i in range(64):\n        try:\n"
             "            with open(f'/tmp/fill{i}', 'wb') as f:\n                f.write(b'0' * (32 * 2**20))\n"
             "            written += 32\n        except OSError:\n            break\n"
-            "    print('WROTE', written)\n    return alpha / r if written < 1024 else -1.0")
+            "    print('WROTE', written)\n    return alpha / r if written < 1024 else -1.0\nlora_scale(16, 8)")
     computed = "getattr(sys.modules['course_lib.lora'], 'lora_' + 'scaling')"
     return {
         "honest_correct": (_answers(), 3, ""),
@@ -155,7 +181,7 @@ def _cases(paths: dict) -> dict:
         "ref_code_copy": (_answers(scale=f"import sys, types\n_f = {computed}\n"
                                      "lora_scale = types.FunctionType(_f.__code__, dict(_f.__globals__), 'lora_scale', "
                                      "_f.__defaults__)"),
-                          2, "reference implementation"),
+                          2, "did not return"),  # the stub has no code to copy: the cell fails, lora_scale is missing
         "ref_magic": (_answers(scale="%time from course_lib.lora import lora_scaling as _f\n"
                                "def lora_scale(alpha, r):\n    return _f(alpha, r)"), 2, "reference implementation"),
         "ref_only_under_grader": (_answers(scale="import inspect, sys\ndef lora_scale(alpha, r):\n"
@@ -163,7 +189,40 @@ def _cases(paths: dict) -> dict:
                                           f"        return {computed}(alpha, r)\n    return alpha / r"), 2,
                                   "reference implementation"),
         "ref_untrace": (_answers(scale="import sys\ndef lora_scale(alpha, r):\n    sys.setprofile(None)\n"
-                                 f"    return {computed}(alpha, r)"), 2, "switched off the grader"),
+                                 f"    return {computed}(alpha, r)"), 2, "reference implementation"),
+        # 8b. the references do not exist in the kernel: no thread, child, hook trick, handler or copy finds them
+        "ref_thread": (_answers(scale=f"import queue, sys, threading\nF = {computed}\n_in, _out = queue.Queue(), queue.Queue()\n"
+                                "def _work():\n    while True:\n        a, r = _in.get()\n        try:\n"
+                                "            _out.put(F(a, r))\n        except Exception as err:\n            _out.put(err)\n"
+                                "threading.Thread(target=_work, daemon=True).start()\n"
+                                "def lora_scale(alpha, r):\n    _in.put((alpha, r))\n    v = _out.get()\n"
+                                "    if isinstance(v, Exception):\n        raise v\n    return v"), 2, "reference implementation"),
+        "ref_fork": (_answers(scale=f"import os, pickle, sys\nF = {computed}\ndef lora_scale(alpha, r):\n"
+                              "    rd, wr = os.pipe()\n    if os.fork() == 0:\n        try:\n            v = F(alpha, r)\n"
+                              "        except Exception as err:\n            v = type(err).__name__\n"
+                              "        os.write(wr, pickle.dumps(v))\n        os._exit(0)\n    os.close(wr)\n"
+                              "    v = pickle.loads(os.read(rd, 1 << 16))\n    os.wait()\n"
+                              "    if isinstance(v, str):\n        raise RuntimeError(v)\n    return v"), 2, "did not return"),
+        "ref_ctypes": (_answers(scale="import ctypes, sys\ndef lora_scale(alpha, r):\n"
+                                "    ctypes.pythonapi.PyEval_SetProfile(None, None)\n    ctypes.pythonapi.PyEval_SetTrace(None, None)\n"
+                                f"    return {computed}(alpha, r)"), 2, "reference implementation"),
+        "ref_handler": (_answers(scale=f"import sys\nimport course_lib.wire as _w\n_real = _w.serve\n"
+                                 "def _serve(path, namespace):\n"
+                                 f"    F = {computed}\n"
+                                 "    return _real(path, dict(namespace, lora_scale=lambda a, r: F(a, r)))\n"
+                                 "_w.serve = _serve\ndef lora_scale(alpha, r):\n    return 0.0"), 2, "reference implementation"),
+        "ref_source_copy": (_answers(scale="import ast, glob, marshal, os, sys\n_mod = sys.modules['course_lib.' + 'lora']\n"
+                                     "_ns = {}\nfor _pyc in glob.glob(os.path.join(os.path.dirname(_mod.__file__), '__pycache__', 'lora*.pyc')):\n"
+                                     "    try:\n        exec(marshal.loads(open(_pyc, 'rb').read()[16:]), _ns)\n    except Exception:\n        pass\n"
+                                     "_tree = ast.parse(open(_mod.__file__).read())\n"
+                                     "for _n in _tree.body:\n    if isinstance(_n, ast.FunctionDef) and _n.name == 'lora_' + 'scaling':\n"
+                                     "        exec(compile(ast.Module([_n], []), 'mine.py', 'exec'), _ns)\n"
+                                     "def lora_scale(alpha, r):\n    return _ns['lora_' + 'scaling'](alpha, r)"), 2, "did not return"),
+        # 10. the grader's own work on learner text and answers is bounded
+        "static_bomb": (_answers(total=GOOD_SUM + "\n_ = (a" + ".a" * 150_000 + ")"), None, ""),  # bounded in time
+        "broadcast_bomb": (_answers(total="import torch\ndef scaled_sum(x, y, alpha):\n"
+                                    "    return torch.zeros(2**22, 1) if x.numel() > 2 else x + alpha * y"), 1,
+                           "could not use what your function returned"),
         # 9. nothing flows back into the grader's own state
         "mutate_inputs": (_answers(total="import torch\ndef scaled_sum(x, y, alpha):\n    out = x + alpha * y\n"
                                    "    x.zero_()\n    torch.manual_seed(0)\n    return out"), 1, "in place"),
@@ -197,7 +256,7 @@ def _cases(paths: dict) -> dict:
 
 
 LIMITS = Limits(memory_mb=2048, processes=128, file_size_mb=64, disk_mb=256, cell_timeout_s=10, call_timeout_s=8,
-                notebook_timeout_s=90, output_bytes=200_000)
+                notebook_timeout_s=90, output_bytes=200_000, examine_s=20, grader_memory_mb=1024)
 SECRET = "SECRET-TOKEN-5c1e"
 INJECTED = ['=HYPERLINK("evil.example","x")', "mallory\n00_fixture,mallory,8.0", "<img src=x onerror=alert(1)>",
             os.fsdecode(b"bad\xffname")]
@@ -271,6 +330,15 @@ def graded(tmp_path_factory):
     os.symlink(solutions, subs / "linked_to_solutions")  # a link to the solutions is not a student
     for name in INJECTED:
         _save(subs, name, with_answers(released, _answers()))
+    released_probe = nbformat.read(release(open_course(tmp / "release"), [PROBE], solutions)[PROBE], as_version=4)
+    for student, (answer, probe, added, _, _) in _probe_cases().items():
+        nb = with_answers(released_probe, {"scaled_layer": answer})
+        at = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "scaled_layer_probe")
+        if probe is not None:
+            nb.cells[at].source = probe
+        if added is not None:
+            nb.cells.insert(at + 1, nbformat.v4.new_code_cell(added))
+        _save(subs, student, nb, f"{PROBE}.ipynb")
     env_before = os.environ.get("COURSE_SECRET")
     os.environ["COURSE_SECRET"] = SECRET  # the instructor's environment holds a secret
     try:
@@ -285,7 +353,8 @@ def graded(tmp_path_factory):
     listener.close()
     after = _digest(machine)
     shutil.rmtree(outside)
-    return {"results": {r.student: r for r in results}, "cases": cases, "out": out, "course": course,
+    return {"results": {r.student: r for r in results if r.notebook == NAME},
+            "probe_results": {r.student: r for r in results if r.notebook == PROBE}, "cases": cases, "out": out, "course": course,
             "protected": protected, "connections": connections, "tmp": tmp, "before": before, "after": after,
             "outside": outside}
 
@@ -326,15 +395,38 @@ def test_each_submission_gets_what_it_earned_and_is_told_why(graded, student):
     assert len(feedback) < 1_000_000
 
 
+@pytest.mark.parametrize("student", list(_probe_cases()))
+def test_a_given_probe_is_the_graders_own_code(graded, student):
+    # The probe the tests call is the release's text, defined by the kernel's call handler in a namespace of its
+    # own: editing it, or binding its name (or the names it uses) to something else, earns nothing.
+    result = graded["probe_results"][student]
+    *_, expected, reason = _probe_cases()[student]
+    assert result.score == expected, (student, [(e.grade_id, e.points, e.message) for e in result.exercises], result.notes)
+    feedback = (graded["out"] / "feedback" / student / f"{PROBE}.html").read_text(encoding="utf-8")
+    assert reason in feedback and MARKER not in feedback
+
+
+def test_the_graders_own_memory_is_bounded(graded):
+    # The broadcast bomb's answer (16 MB) would need several GB in the hidden test's comparison: refused by the
+    # bound on the grader's process, the test fails, and no worker grew past the bound.
+    import resource
+
+    message = next(e.message for e in graded["results"]["broadcast_bomb"].exercises if e.name == "scaled_sum")
+    assert "RuntimeError" in message or "MemoryError" in message, message
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 < 4 * 2**30
+
+
 def test_the_honest_students_grades_are_right_and_in_the_csv_and_gradebook(graded):
     rows = {r["student"]: r for r in csv.DictReader((graded["out"] / "grades.csv").open())}
-    assert rows["honest_correct"]["total"] == "3" and rows["honest_correct"][f"{NAME}:lora_scale"] == "1"
+    assert rows["honest_correct"]["total"] == "5" and rows["honest_correct"][f"{NAME}:lora_scale"] == "1"
+    assert rows["honest_correct"][f"{PROBE}:scaled_layer"] == "2"
     assert rows["honest_wrong"]["total"] == "2" and rows["honest_wrong"][f"{NAME}:scaled_sum"] == "2"
     assert set(rows) >= set(CASES) | {"renamed", "removed"}
     assert rows["renamed"][NAME] == "" and rows["removed"][NAME] == ""
     db = sqlite3.connect(graded["course"] / "gradebook.db")
     assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
-    exported = {r["student_id"]: r for r in csv.DictReader((graded["out"] / "nbgrader_grades.csv").open())}
+    exported = {r["student_id"]: r for r in csv.DictReader((graded["out"] / "nbgrader_grades.csv").open())
+                if r["assignment"] == NAME}
     assert float(exported["honest_correct"]["score"]) == 3.0 and float(exported["honest_wrong"]["score"]) == 2.0
     assert float(exported["monkeypatch"]["score"]) == 0.0
 
@@ -385,7 +477,7 @@ def test_unsafe_student_names_are_problems_not_rows(graded):
     for text in (grades, exported):
         assert "mallory" not in text and "HYPERLINK" not in text and "onerror" not in text
         assert not any(cell.startswith(("=", "+", "-", "@")) for row in csv.reader(io.StringIO(text)) for cell in row)
-    assert len(list(csv.DictReader(io.StringIO(grades)))) == len(set(CASES) | {"renamed", "removed"})
+    assert len(list(csv.DictReader(io.StringIO(grades)))) == len(set(CASES) | {"renamed", "removed"} | set(_probe_cases()))
     problems = (graded["out"] / "problems.html").read_text(encoding="utf-8")
     assert "not a valid student id" in problems and "<img" not in problems and "HYPERLINK" in problems
     assert "linked_to_solutions" in problems and "a link" in problems

@@ -100,8 +100,8 @@ def _run_tests(smollm2, name, exercise, wrong=None):
     exec(imports.source, ns)
     ns["model"], ns["tokenizer"] = smollm2
     cells = grade_cells(solution)
-    for cell in cells.values():  # later tests may call earlier exercises' functions
-        if cell.metadata["nbgrader"]["solution"]:
+    for gid, cell in cells.items():  # later tests may call earlier exercises' functions; probes follow their solution
+        if cell.metadata["nbgrader"]["solution"] or gid.endswith("_probe"):
             exec(cell.source, ns)
     _REFERENCE_LAYER[:] = [ns.get("MyLoRALinear")]
     ns.update(wrong or {})
