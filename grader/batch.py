@@ -146,9 +146,9 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
         # The canaries: each notebook's own solution, graded first in the same sandbox, must earn full marks.
         tasks = [(CANARY, name, solutions / f"{name}.ipynb", released[name], solutions / f"{name}.ipynb", run_root,
                   limits, sandboxed, None) for name in names]
+        staged = work / "executed"  # the executed notebooks wait here until the canaries have passed
         tasks += [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
-                   run_root, limits, sandboxed,
-                   Path(api.coursedir.root) / "autograded" / s.student / s.assignment / f"{s.assignment}.ipynb")
+                   run_root, limits, sandboxed, staged / s.student / s.assignment / f"{s.assignment}.ipynb")
                   for s in found]
         results = _run_tasks(tasks, jobs, progress)
         canaries, results = results[:len(names)], results[len(names):]
@@ -158,6 +158,10 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
             reasons = sorted({r.infrastructure for r in broken})
             raise GraderError(f"no submission could be graded, for a reason of this machine, not the submissions "
                               f"(nothing was recorded): {'; '.join(reasons)[:1000]}")
+        for path in sorted(staged.glob("*/*/*.ipynb")):
+            target = Path(api.coursedir.root) / "autograded" / path.relative_to(staged)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(target)
         if shard is not None:
             _write_shard(out / SHARDS / f"{shard[0]}-of-{shard[1]}.json", shard, results, students,
                          problems_by_student, rejected)

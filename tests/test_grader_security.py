@@ -57,9 +57,9 @@ def _probe_cases() -> dict:
         "probe_rewritten": (STUB_LAYER, FAKE_PROBE, None, 0, "locked"),
         "probe_rebound": (STUB_LAYER + "\n\n\n" + FAKE_PROBE, None, None, 0, "did not return"),
         "probe_rebound_later": (STUB_LAYER, None, FAKE_PROBE + "\nnn = None\ntorch = None", 0, "did not return"),
-        "probe_uses_reference": (f"import sys\nclass ScaledLayer(nn.Module):\n    def __init__(self, alpha, r):\n"
-                                 f"        super().__init__()\n        self.scale = getattr(sys.modules['course_lib.lora'], "
-                                 f"'lora_' + 'scaling')(alpha, r)\n\n    def forward(self, x):\n        return x * self.scale",
+        "probe_uses_reference": ("import sys\nclass ScaledLayer(nn.Module):\n    def __init__(self, alpha, r):\n"
+                                 "        super().__init__()\n        self.scale = getattr(sys.modules['course_lib.lora'], "
+                                 "'lora_' + 'scaling')(alpha, r)\n\n    def forward(self, x):\n        return x * self.scale",
                                  None, None, 0, "reference implementation"),
     }
 

@@ -108,21 +108,20 @@ def test_malformed_scalars_and_modules_raise_wire_errors_not_others(bad):
         wire.decode(bad, {})
 
 
-def _serve(tmp_path, monkeypatch, namespace, name, args, references=()):
+def _serve(tmp_path, monkeypatch, namespace, name, args, probe=None):
     published = []
     monkeypatch.setattr("IPython.display.publish_display_data", published.append)
     tensors = {}
-    request = {"name": name, "args": wire.encode(list(args), tensors), "kwargs": wire.encode({}, tensors),
-               "references": list(references)}
+    request = {"name": name, "args": wire.encode(list(args), tensors), "kwargs": wire.encode({}, tensors)}
+    if probe is not None:
+        request["probe"] = probe
     (tmp_path / "request").write_bytes(wire.pack(request, tensors))
     wire.serve(str(tmp_path / "request"), namespace)
     (text,) = [p[wire.ANSWER_MIME] for p in published]
     return wire.decode_answer(text)
 
 
-def test_serve_answers_with_data_and_reports_mutation_references_and_errors(tmp_path, monkeypatch):
-    from course_lib.lora import lora_scaling
-
+def test_serve_answers_with_data_and_reports_mutation_and_errors(tmp_path, monkeypatch):
     def honest(x):
         return x * 2
 
@@ -130,21 +129,33 @@ def test_serve_answers_with_data_and_reports_mutation_references_and_errors(tmp_
         x.add_(1)
         return x
 
-    def cheating(alpha, r):
-        return lora_scaling(alpha, r)
-
     def failing(x):
         raise KeyError("secret text that must not travel")
 
-    namespace = {"honest": honest, "mutating": mutating, "cheating": cheating, "failing": failing}
-    answer, tensors = _serve(tmp_path, monkeypatch, namespace, "honest", [torch.ones(2)], ["lora.lora_scaling"])
-    assert answer["ok"] and answer["mutated"] == [] and answer["references"] == []
+    namespace = {"honest": honest, "mutating": mutating, "failing": failing}
+    answer, tensors = _serve(tmp_path, monkeypatch, namespace, "honest", [torch.ones(2)])
+    assert answer["ok"] and answer["mutated"] == []
     assert torch.equal(wire.decode(answer["value"], tensors), torch.full((2,), 2.0))
     answer, _ = _serve(tmp_path, monkeypatch, namespace, "mutating", [torch.ones(2)])
     assert answer["mutated"] == ["0"]
-    answer, _ = _serve(tmp_path, monkeypatch, namespace, "cheating", [16, 8], ["lora.lora_scaling"])
-    assert answer["references"] == ["lora.lora_scaling"]
     answer, _ = _serve(tmp_path, monkeypatch, namespace, "failing", [1])
     assert answer == {"ok": False, "error": "KeyError"}
     answer, _ = _serve(tmp_path, monkeypatch, namespace, "missing", [1])
     assert answer == {"ok": False, "error": "NameError"}
+
+
+def test_a_probe_is_defined_from_the_request_in_a_namespace_of_its_own(tmp_path, monkeypatch):
+    # The kernel's globals hold a rewritten probe and rebound helpers; only the learner's own class is taken.
+    class Doubler:
+        def __call__(self, x):
+            return x * 2
+
+    fake = lambda x: torch.full_like(x, 99.0)  # noqa: E731
+    namespace = {"Doubler": Doubler, "doubler_probe": fake, "torch": None, "helper": fake, "secret": 1}
+    probe = {"setup": "import torch\ndef helper(x):\n    return x + 1",
+             "source": "def doubler_probe(x):\n    return helper(Doubler()(x)), 'secret' in globals()",
+             "learner": ["Doubler"]}
+    answer, tensors = _serve(tmp_path, monkeypatch, namespace, "doubler_probe", [torch.ones(2)], probe)
+    value, saw_secret = wire.decode(answer["value"], tensors)
+    assert torch.equal(value, torch.full((2,), 3.0)) and saw_secret is False
+    assert namespace["doubler_probe"] is fake  # the kernel's own names are left as they were
