@@ -62,7 +62,7 @@ class _CourseUnavailable:
 '''
 
 
-class ReferenceError_(ValueError):
+class UnremovableReference(ValueError):
     """A declared reference that the grader cannot remove from the kernel (the message says which and why)."""
 
 
@@ -125,7 +125,7 @@ def _split(name: str) -> tuple[str, list[str]]:
                 found = False
             if found and module != "course_lib":
                 return module, parts[cut:]
-    raise ReferenceError_(f"reference {name!r} names no module this environment has")
+    raise UnremovableReference(f"reference {name!r} names no module this environment has")
 
 
 def _installed(name: str) -> bool:
@@ -186,7 +186,7 @@ def _rewrite(source: str, names: dict[str, str]) -> str:
             spans.append((start, node.end_lineno, hit, ""))
     missing = set(names) - {"*"} - {h for _, _, hit, _ in spans for h in hit}
     if missing:
-        raise ReferenceError_(f"no top-level definition of {sorted(missing)} to remove")
+        raise UnremovableReference(f"no top-level definition of {sorted(missing)} to remove")
     for start, end, hit, indent in sorted(spans, reverse=True):
         stub = "".join(f"{indent}{h.rpartition('.')[2]} = _CourseUnavailable({(names.get(h) or f'{every}.{h}')!r})\n"
                        for h in hit)
@@ -197,7 +197,7 @@ def _rewrite(source: str, names: dict[str, str]) -> str:
 
 
 def removal(references: list[str]) -> Removal:
-    """What must be mounted so that none of ``references`` exists in the kernel. Raises :class:`ReferenceError_`
+    """What must be mounted so that none of ``references`` exists in the kernel. Raises :class:`UnremovableReference`
     for a reference that cannot be removed (a built-in, or a name that is not a top-level definition)."""
     out = Removal()
     per_file: dict[Path, dict[str, str]] = {}
@@ -211,7 +211,7 @@ def removal(references: list[str]) -> Removal:
                 per_file.setdefault(Path(spec.origin).resolve(), {})["*"] = name
                 continue
             if module.split(".")[0] in ("torch", "numpy", "course_lib") or "." in module:
-                raise ReferenceError_(f"reference {name!r}: only whole third-party packages can be removed, "
+                raise UnremovableReference(f"reference {name!r}: only whole third-party packages can be removed, "
                                       "not torch, numpy or a submodule; name its functions instead")
             if spec.submodule_search_locations:
                 for location in spec.submodule_search_locations:
@@ -230,13 +230,13 @@ def removal(references: list[str]) -> Removal:
             defined = sys.modules.get(target.__module__)
             path = inspect.getsourcefile(target) if defined is not None else None
             if path is None or target.__qualname__.count(".") > 1 or "<" in target.__qualname__:
-                raise ReferenceError_(f"reference {name!r} is not a top-level Python definition (or a method of "
+                raise UnremovableReference(f"reference {name!r} is not a top-level Python definition (or a method of "
                                       "one) in a source file")
             per_file.setdefault(Path(path).resolve(), {})[target.__qualname__] = name
         elif len(attrs) == 1 and not callable(obj) and spec.origin and spec.origin.endswith(".py"):
             per_file.setdefault(Path(spec.origin).resolve(), {})[attrs[0]] = name  # a constant
         else:
-            raise ReferenceError_(f"reference {name!r} cannot be removed from the kernel (a built-in or compiled "
+            raise UnremovableReference(f"reference {name!r} cannot be removed from the kernel (a built-in or compiled "
                                   "object): declare Python functions, classes, constants or whole packages")
     for path, names in per_file.items():
         out.files[path] = _rewrite(path.read_text(encoding="utf-8"), names)
@@ -357,7 +357,7 @@ def unavailable_problems(nb) -> list[str]:
     references = declared(nb)
     try:
         removal(references)
-    except ReferenceError_ as err:
+    except UnremovableReference as err:
         return [str(err)]
     needs, problems = needing(references)
     trees = {i: ast.parse(TransformerManager().transform_cell(c.source)) for i, c in kernel_cells(nb)}

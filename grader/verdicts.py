@@ -246,8 +246,7 @@ def setup_source(solution: nbformat.NotebookNode) -> str:
     return next(c.source for c in solution.cells if c.cell_type == "code" and "from course_lib import" in c.source)
 
 
-def decide(solution: nbformat.NotebookNode, executed: nbformat.NotebookNode, uses: dict[str, list[str]],
-           session: KernelSession) -> list[Exercise]:
+def decide(solution: nbformat.NotebookNode, uses: dict[str, list[str]], session: KernelSession) -> list[Exercise]:
     """Run each exercise's tests (visible, then hidden) in this process against the learner's functions.
     ``uses``: the references each exercise's answer names in its source (:func:`reference_uses`)."""
     cells = {grade_id(c): c for c in solution.cells if grade_id(c)}

@@ -38,6 +38,7 @@ def _answers(scale=GOOD_SCALE, total=GOOD_SUM):
     return {"lora_scale": scale, "scaled_sum": total}
 
 
+STATIC_BOMB = "".join(f"_{i} = lambda: (a" + ".a" * 2500 + ")\n" for i in range(200))
 PROBE = "01_fixture_probe"  # a whole-component exercise (2 points), graded through a locked, given probe
 LAYER = ("class ScaledLayer(nn.Module):\n    def __init__(self, alpha, r):\n        super().__init__()\n"
          "        self.scale = {}\n\n    def forward(self, x):\n        return x * self.scale")
@@ -219,7 +220,8 @@ def _cases(paths: dict) -> dict:
                                      "        exec(compile(ast.Module([_n], []), 'mine.py', 'exec'), _ns)\n"
                                      "def lora_scale(alpha, r):\n    return _ns['lora_' + 'scaling'](alpha, r)"), 2, "did not return"),
         # 10. the grader's own work on learner text and answers is bounded
-        "static_bomb": (_answers(total=GOOD_SUM + "\n_ = (a" + ".a" * 150_000 + ")"), None, ""),  # bounded in time
+        # 200 attribute chains of 2,500 links: quadratic in a naive static check (hours, gigabytes), linear here
+        "static_bomb": (_answers(total=GOOD_SUM + "\n" + STATIC_BOMB), 3, ""),
         "broadcast_bomb": (_answers(total="import torch\ndef scaled_sum(x, y, alpha):\n"
                                     "    return torch.zeros(2**22, 1) if x.numel() > 2 else x + alpha * y"), 1,
                            "could not use what your function returned"),
@@ -256,7 +258,7 @@ def _cases(paths: dict) -> dict:
 
 
 LIMITS = Limits(memory_mb=2048, processes=128, file_size_mb=64, disk_mb=256, cell_timeout_s=10, call_timeout_s=8,
-                notebook_timeout_s=90, output_bytes=200_000, examine_s=20, grader_memory_mb=1024)
+                notebook_timeout_s=90, output_bytes=200_000, examine_s=45, grader_memory_mb=1024)
 SECRET = "SECRET-TOKEN-5c1e"
 INJECTED = ['=HYPERLINK("evil.example","x")', "mallory\n00_fixture,mallory,8.0", "<img src=x onerror=alert(1)>",
             os.fsdecode(b"bad\xffname")]
@@ -407,13 +409,11 @@ def test_a_given_probe_is_the_graders_own_code(graded, student):
 
 
 def test_the_graders_own_memory_is_bounded(graded):
-    # The broadcast bomb's answer (16 MB) would need several GB in the hidden test's comparison: refused by the
-    # bound on the grader's process, the test fails, and no worker grew past the bound.
-    import resource
-
+    # The broadcast bomb's answer (16 MB) would need gigabytes in the hidden test's comparison (unbounded, the
+    # comparison runs and the shape check reports a difference): the bound on the grader's process refuses it, so
+    # that test fails on the allocation, and the grading of everyone else goes on.
     message = next(e.message for e in graded["results"]["broadcast_bomb"].exercises if e.name == "scaled_sum")
     assert "RuntimeError" in message or "MemoryError" in message, message
-    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 < 4 * 2**30
 
 
 def test_the_honest_students_grades_are_right_and_in_the_csv_and_gradebook(graded):
@@ -506,6 +506,28 @@ def test_renamed_or_missing_notebooks_are_reported(graded):
     assert "not a course notebook" in renamed
     removed = graded["out"] / "feedback" / "removed" / "problems.html"
     assert removed.is_file()
+
+
+def test_reading_a_submission_past_its_bounds_is_a_problem_entry(tmp_path):
+    # The grader's reading and static checks of a submission run in a child with a time limit: past it, the
+    # submission is reported, not graded, and the grader goes on (no kernel was started).
+    import dataclasses
+
+    from grader.run import grade_one
+    from grader.sandbox import run_folder
+
+    solutions = tmp_path / "solutions"
+    shutil.copytree(FIXTURE, solutions)
+    released_path = release(open_course(tmp_path / "course"), [NAME], solutions)[NAME]
+    _write(tmp_path / "subs", "bomb", nbformat.read(released_path, 4), _answers(total=GOOD_SUM + "\n" + STATIC_BOMB))
+    run_root = run_folder()
+    try:
+        result = grade_one("bomb", NAME, tmp_path / "subs" / "bomb" / f"{NAME}.ipynb", released_path,
+                           solutions / f"{NAME}.ipynb", run_root, dataclasses.replace(LIMITS, examine_s=1), True)
+    finally:
+        shutil.rmtree(run_root, ignore_errors=True)
+    assert result.score == 0 and "could not read this notebook within its limits" in result.problem, result.problem
+    assert result.seconds < 10
 
 
 def test_raw_writes_to_stdout_never_reach_the_instructors_terminal(tmp_path, capfd):

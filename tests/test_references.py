@@ -7,7 +7,7 @@ import time
 import nbformat
 import pytest
 
-from grader.references import UNAVAILABLE_ERROR, ReferenceError_, removal, unavailable_problems
+from grader.references import UNAVAILABLE_ERROR, UnremovableReference, removal, unavailable_problems
 from grader.verdicts import reference_uses
 from notebook_tools import ROOT, read
 
@@ -53,9 +53,9 @@ def test_removed_references_raise_however_they_are_reached(tmp_path):
 
 
 def test_references_that_cannot_be_removed_are_refused():
-    with pytest.raises(ReferenceError_, match="torch.add"):
+    with pytest.raises(UnremovableReference, match="torch.add"):
         removal(["torch.add"])
-    with pytest.raises(ReferenceError_, match="no module"):
+    with pytest.raises(UnremovableReference, match="no module"):
         removal(["no_such_package.thing"])
     assert removal(["datasketch_not_installed_here"]).files == {}  # absent here, so absent in the kernel
 
