@@ -38,7 +38,9 @@ def _answers(scale=GOOD_SCALE, total=GOOD_SUM):
     return {"lora_scale": scale, "scaled_sum": total}
 
 
-STATIC_BOMB = "".join(f"_{i} = lambda: (a" + ".a" * 2500 + ")\n" for i in range(200))
+# Attribute chains of 2,000 links: a static check that walks every chain from every node is quadratic (the old one
+# took minutes and a gigabyte on these); a linear one takes seconds, and the kernel compiles them in about 2 s.
+STATIC_BOMB = "".join(f"_{i} = lambda: (a" + ".a" * 2000 + ")\n" for i in range(80))
 PROBE = "01_fixture_probe"  # a whole-component exercise (2 points), graded through a locked, given probe
 LAYER = ("class ScaledLayer(nn.Module):\n    def __init__(self, alpha, r):\n        super().__init__()\n"
          "        self.scale = {}\n\n    def forward(self, x):\n        return x * self.scale")
@@ -220,7 +222,6 @@ def _cases(paths: dict) -> dict:
                                      "        exec(compile(ast.Module([_n], []), 'mine.py', 'exec'), _ns)\n"
                                      "def lora_scale(alpha, r):\n    return _ns['lora_' + 'scaling'](alpha, r)"), 2, "did not return"),
         # 10. the grader's own work on learner text and answers is bounded
-        # 200 attribute chains of 2,500 links: quadratic in a naive static check (hours, gigabytes), linear here
         "static_bomb": (_answers(total=GOOD_SUM + "\n" + STATIC_BOMB), 3, ""),
         "broadcast_bomb": (_answers(total="import torch\ndef scaled_sum(x, y, alpha):\n"
                                     "    return torch.zeros(2**22, 1) if x.numel() > 2 else x + alpha * y"), 1,
@@ -519,7 +520,7 @@ def test_reading_a_submission_past_its_bounds_is_a_problem_entry(tmp_path):
     solutions = tmp_path / "solutions"
     shutil.copytree(FIXTURE, solutions)
     released_path = release(open_course(tmp_path / "course"), [NAME], solutions)[NAME]
-    _write(tmp_path / "subs", "bomb", nbformat.read(released_path, 4), _answers(total=GOOD_SUM + "\n" + STATIC_BOMB))
+    _write(tmp_path / "subs", "bomb", nbformat.read(released_path, 4), _answers(total=GOOD_SUM + "\n" + STATIC_BOMB * 3))
     run_root = run_folder()
     try:
         result = grade_one("bomb", NAME, tmp_path / "subs" / "bomb" / f"{NAME}.ipynb", released_path,
