@@ -57,6 +57,17 @@ def grade_id(cell) -> str | None:
     return gid if isinstance(gid, str) else None
 
 
+def solved(release: nbformat.NotebookNode, solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The released notebook with the instructor's solutions in its solution cells: a correct submission (the
+    grader's canary, the benchmarks')."""
+    nb = nbformat.from_dict(json.loads(json.dumps(release)))
+    answers = {grade_id(c): c.source for c in solution.cells if c.metadata.get("nbgrader", {}).get("solution")}
+    for cell in nb.cells:
+        if grade_id(cell) in answers:
+            cell.source = answers[grade_id(cell)]
+    return nb
+
+
 def rebuild(learner: nbformat.NotebookNode, release: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]]:
     """The notebook to execute: the release's cells in order, the learner's code in the solution cells (and
     the learner's own added cells after the released cell they followed); locked cells always from the

@@ -197,8 +197,8 @@ def _rewrite(source: str, names: dict[str, str]) -> str:
 
 
 def removal(references: list[str]) -> Removal:
-    """What must be mounted so that none of ``references`` exists in the kernel. Raises :class:`UnremovableReference`
-    for a reference that cannot be removed (a built-in, or a name that is not a top-level definition)."""
+    """What must be mounted so that none of ``references`` exists in the kernel. Raises
+    :class:`UnremovableReference` for a reference that cannot be removed (a built-in, or a name that is not a top-level definition)."""
     out = Removal()
     per_file: dict[Path, dict[str, str]] = {}
     for name in references:
@@ -210,9 +210,9 @@ def removal(references: list[str]) -> Removal:
             if module.startswith("course_lib."):
                 per_file.setdefault(Path(spec.origin).resolve(), {})["*"] = name
                 continue
-            if module.split(".")[0] in ("torch", "numpy", "course_lib") or "." in module:
+            if module.split(".")[0] in ("torch", "numpy") or "." in module:
                 raise UnremovableReference(f"reference {name!r}: only whole third-party packages can be removed, "
-                                      "not torch, numpy or a submodule; name its functions instead")
+                                           "not torch, numpy or a submodule; name its functions instead")
             if spec.submodule_search_locations:
                 for location in spec.submodule_search_locations:
                     out.packages[Path(location).resolve()] = (
@@ -231,13 +231,13 @@ def removal(references: list[str]) -> Removal:
             path = inspect.getsourcefile(target) if defined is not None else None
             if path is None or target.__qualname__.count(".") > 1 or "<" in target.__qualname__:
                 raise UnremovableReference(f"reference {name!r} is not a top-level Python definition (or a method of "
-                                      "one) in a source file")
+                                           "one) in a source file")
             per_file.setdefault(Path(path).resolve(), {})[target.__qualname__] = name
         elif len(attrs) == 1 and not callable(obj) and spec.origin and spec.origin.endswith(".py"):
             per_file.setdefault(Path(spec.origin).resolve(), {})[attrs[0]] = name  # a constant
         else:
             raise UnremovableReference(f"reference {name!r} cannot be removed from the kernel (a built-in or compiled "
-                                  "object): declare Python functions, classes, constants or whole packages")
+                                       "object): declare Python functions, classes, constants or whole packages")
     for path, names in per_file.items():
         out.files[path] = _rewrite(path.read_text(encoding="utf-8"), names)
         out.empty += _compiled(path)
@@ -270,9 +270,13 @@ def _reads(nodes, aliases: dict[str, str], own: set[str], module: str | None) ->
     """Dotted names read under ``nodes``, resolved through ``aliases`` and the module's own top-level names."""
     out = set()
     for root in nodes:
-        for node in ast.walk(root):
+        walked = list(ast.walk(root))
+        inner = {id(n.value) for n in walked if isinstance(n, ast.Attribute)}  # chains are read from their outer end
+        for node in walked:
             if isinstance(node, ast.Attribute):
                 out.add("." + node.attr)  # a method or attribute of anything (see :func:`methods`)
+            if id(node) in inner:
+                continue
             if isinstance(node, ast.Attribute) or (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)):
                 chain = []
                 while isinstance(node, ast.Attribute):

@@ -121,7 +121,7 @@ def _grade_into(result: Result, path: Path, release_nb, solution_nb, work: Path,
                 executed_to.parent.mkdir(parents=True, exist_ok=True)
                 nbformat.write(executed, executed_to)
             before = len(session.notes)
-            result.exercises = decide(solution_nb, {k: list(v) for k, v in examined["uses"].items()}, session)
+            result.exercises = decide(solution_nb, examined["uses"], session)
         result.notes += session.notes[before:]
     finally:
         if session is not None:

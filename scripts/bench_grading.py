@@ -30,21 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from grader.batch import grade  # noqa: E402
 from grader.gradebook import SOLUTIONS, assignment_names, open_course, release  # noqa: E402
+from grader.rebuild import solved  # noqa: E402
 from grader.sandbox import Limits  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "data" / "fixture_course"
-
-
-def filled(released: Path, solution: Path) -> nbformat.NotebookNode:
-    """The released notebook with the instructor's solutions in its solution cells (a correct submission)."""
-    nb = nbformat.read(released, as_version=4)
-    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in nbformat.read(solution, as_version=4).cells
-               if c.metadata.get("nbgrader", {}).get("solution")}
-    for cell in nb.cells:
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if gid in answers:
-            cell.source = answers[gid]
-    return nb
 
 
 def self_timed(nb: nbformat.NotebookNode) -> str:
@@ -59,7 +48,7 @@ def bench(name: str, count: int, jobs_list: list[int], overhead: bool, limits: L
     solutions = FIXTURE if name == "00_fixture" else SOLUTIONS
     tmp = tmp / name
     released = release(open_course(tmp / "release"), [name], solutions)[name]
-    nb = filled(released, solutions / f"{name}.ipynb")
+    nb = solved(nbformat.read(released, as_version=4), nbformat.read(solutions / f"{name}.ipynb", as_version=4))
     subs = tmp / "submissions"
     for i in range(count):
         (subs / f"student{i:03d}").mkdir(parents=True)
@@ -80,7 +69,7 @@ def bench(name: str, count: int, jobs_list: list[int], overhead: bool, limits: L
         print(f"{name}: speed-up of --jobs 2: {times[1] / times[2]:.2f}x")
     if overhead:
         from nbclient import NotebookClient
-        plain = filled(solutions / f"{name}.ipynb", solutions / f"{name}.ipynb")
+        plain = nbformat.read(solutions / f"{name}.ipynb", as_version=4)  # the solution notebook, as it is
         work = tmp / "plain"
         work.mkdir()
         start = time.perf_counter()
