@@ -57,8 +57,8 @@ def ticket_prompts(approach: str, texts: Sequence[str], train: Sequence[dict], k
 def measure(model: nn.Module, tokenizer, approach: str, rows: Sequence[dict], train: Sequence[dict], k: int = 5,
             retriever: Retriever | None = None, cost: CostModel = CostModel(), latency_tickets: int = 8,
             progress: bool = True) -> dict:
-    """Accuracy, mean prompt tokens, median seconds per ticket (batch of one; retrieval included) and dollars
-    per million requests of one approach on ticket ``rows``."""
+    """Accuracy, mean prompt tokens, median seconds per ticket (batch of one; retrieval included), dollars
+    per million requests and the predicted label of each row, of one approach on ticket ``rows``."""
     texts = [r["text"] for r in rows]
     prompts = [render_chat(tokenizer, m, add_generation_prompt=True)
                for m in ticket_prompts(approach, texts, train, k, retriever)]
@@ -75,4 +75,5 @@ def measure(model: nn.Module, tokenizer, approach: str, rows: Sequence[dict], tr
     tokens = statistics.fmean(len(p) for p in prompts)
     return {"approach": approach, "accuracy": metrics.accuracy(predictions, [r["label"] for r in rows]),
             "n": len(rows), "prompt_tokens": tokens, "seconds_per_ticket": statistics.median(seconds),
-            "dollars_per_million": 1e6 * cost.per_request(tokens, finetuned=approach == "fine-tuned")}
+            "dollars_per_million": 1e6 * cost.per_request(tokens, finetuned=approach == "fine-tuned"),
+            "predictions": predictions}

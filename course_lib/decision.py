@@ -47,10 +47,10 @@ def recommend(n_examples: int, needs_fresh_knowledge: bool = False,
 
 @dataclass(frozen=True)
 class CostModel:
-    """Prices in dollars per 1,000 tokens. Defaults: OpenAI's GPT-3.5 Turbo list prices of August 2023, the
-    figures the course quotes (fine-tuning: training $0.008, input to the fine-tuned model $0.012; the base
-    model's input $0.0015). Put your provider's prices in; output tokens are left out (the same for every
-    option that answers the same way)."""
+    """Prices in dollars per 1,000 input tokens: training (billed once per epoch), the fine-tuned model's input,
+    the base model's input. Output tokens are left out (the same for every option that answers the same way).
+    Prices change, and so do their ratios: the defaults are one dated example (OpenAI's GPT-3.5 Turbo, August
+    2023), :data:`PRICE_SHEETS` holds others; put your provider's current prices in."""
     train_per_1k: float = 0.008
     finetuned_per_1k: float = 0.012
     base_per_1k: float = 0.0015
@@ -67,6 +67,13 @@ class CostModel:
                 months: float = 12) -> float:
         """Cost per month of ``requests`` requests, a one-off ``training`` cost spread over ``months``."""
         return requests * self.per_request(prompt_tokens, finetuned) + training / months
+
+
+PRICE_SHEETS: dict[str, CostModel] = {
+    # list prices as published on those dates (dollars per 1K tokens); examples, not quotes: check your provider
+    "GPT-3.5 Turbo, Aug 2023": CostModel(train_per_1k=0.008, finetuned_per_1k=0.012, base_per_1k=0.0015),
+    "GPT-4o mini, Jul 2024": CostModel(train_per_1k=0.003, finetuned_per_1k=0.0003, base_per_1k=0.00015),
+}
 
 
 def break_even_requests(fixed_cost: float, cost_per_request_a: float, cost_per_request_b: float) -> float:

@@ -98,3 +98,22 @@ def exact_pairs(texts: Sequence[str], threshold: float = 0.7, n: int = 3) -> lis
     sets = [shingles(t, n) for t in texts]
     pairs = ((i, j, jaccard(sets[i], sets[j])) for i, j in combinations(range(len(texts)), 2))
     return [(i, j, s) for i, j, s in pairs if s >= threshold]
+
+
+def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.7, n: int = 3) -> list[int]:
+    """Group of each text: the connected components of the near-duplicate graph (an edge for every pair of
+    :func:`near_duplicate_pairs` at ``threshold``), found with union-find. A and C share a group when A ~ B and
+    B ~ C even if A and C are not alike themselves, which is what a leak-free split needs: B cannot sit on both
+    sides. Each group is named by its smallest index."""
+    parent = list(range(len(texts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]  # path halving
+            i = parent[i]
+        return i
+
+    for i, j, _ in near_duplicate_pairs(texts, threshold, n):
+        a, b = root(i), root(j)
+        parent[max(a, b)] = min(a, b)
+    return [root(i) for i in range(len(texts))]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
-from .decision import CostModel, break_even_requests, recommend
+from .decision import PRICE_SHEETS, CostModel, break_even_requests, recommend
 from .lora import lora_scaling
 from .metrics import win_rate
 from .quant import fake_quantize
@@ -119,8 +119,17 @@ def monthly_costs(requests: float, prompt_tokens: int, rag_tokens: int, finetune
 def decision_explorer(cost: CostModel = CostModel(), finetuned_tokens: int = 60, rag_tokens: int = 300,
                       tokens_per_example: int = 100, epochs: int = 3, months: float = 12) -> widgets.VBox:
     """Sliders for the labelled examples, requests per month and prompt length, toggles for fresh knowledge
-    and consistent behaviour: the recommendation with its reason (:func:`course_lib.decision.recommend`) and a
-    live plot of each option's monthly cost against request volume, with the fine-tune's break-even point."""
+    and consistent behaviour, and the three prices (typed in, or filled from a dated sheet of
+    :data:`course_lib.decision.PRICE_SHEETS`; they start at ``cost``'s): the recommendation with its reason
+    (:func:`course_lib.decision.recommend`) and a live plot of each option's monthly cost against request volume,
+    with the fine-tune's break-even point."""
+    sheets = {"(typed in)": None, **PRICE_SHEETS}
+    sheet = widgets.Dropdown(options=list(sheets), value=next((k for k, v in PRICE_SHEETS.items() if v == cost),
+                                                               "(typed in)"), description="prices")
+    prices = {field: widgets.BoundedFloatText(value=getattr(cost, field), min=0.0, max=10.0, step=1e-5,
+                                              description=label)
+              for field, label in (("train_per_1k", "$/1K train"), ("finetuned_per_1k", "$/1K tuned in"),
+                                   ("base_per_1k", "$/1K base in"))}
     examples = widgets.IntSlider(value=600, min=0, max=5000, step=10, description="examples")
     requests = widgets.FloatLogSlider(value=1e5, base=10, min=2, max=8, description="requests/mo")
     prompt = widgets.IntSlider(value=1500, min=50, max=4000, step=50, description="prompt tokens")
@@ -128,7 +137,23 @@ def decision_explorer(cost: CostModel = CostModel(), finetuned_tokens: int = 60,
     consistent = widgets.Checkbox(value=True, description="needs a consistent format")
     verdict, out = widgets.HTML(), widgets.Output()
 
+    filling = []  # non-empty while a sheet's prices are being written into the boxes
+
+    def fill(_=None) -> None:
+        chosen = sheets[sheet.value]
+        if chosen is not None:
+            filling.append(True)
+            for field, box in prices.items():
+                box.value = getattr(chosen, field)
+            filling.clear()
+            update()
+
     def update(_=None) -> None:
+        if filling:
+            return
+        cost = CostModel(**{field: box.value for field, box in prices.items()})
+        if sheets[sheet.value] not in (None, cost):
+            sheet.value = "(typed in)"  # a price was typed over the sheet's
         choice = recommend(examples.value, fresh.value, consistent.value)
         training = cost.training(examples.value * tokens_per_example, epochs)
         even = break_even_requests(training / months, cost.per_request(prompt.value),
@@ -154,10 +179,12 @@ def decision_explorer(cost: CostModel = CostModel(), finetuned_tokens: int = 60,
             ax.legend()
             plt.show()
 
-    for control in (examples, requests, prompt, fresh, consistent):
+    for control in (examples, requests, prompt, fresh, consistent, *prices.values()):
         control.observe(update, names="value")
+    sheet.observe(fill, names="value")
     update()
-    return widgets.VBox([widgets.HBox([examples, requests, prompt]), widgets.HBox([fresh, consistent]), verdict, out])
+    return widgets.VBox([widgets.HBox([examples, requests, prompt]), widgets.HBox([fresh, consistent]),
+                         widgets.HBox([sheet, *prices.values()]), verdict, out])
 
 
 

@@ -26,15 +26,20 @@ RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 
           "seed": 0}
 
 
-def main() -> None:
-    use_cores()
+def train_adapter(model, tokenizer, rows: list[dict]) -> tuple[dict, float]:
+    """Inject LoRA into ``model`` by RECIPE and train it on ``rows``: (history, seconds)."""
     torch.manual_seed(RECIPE["seed"])
-    model, tokenizer = load_default_model(device="cpu")
     lora.inject_lora(model, r=RECIPE["r"], alpha=RECIPE["alpha"], target_modules=tuple(RECIPE["target_modules"]))
     start = time.perf_counter()
-    history = classify.train_classifier(model, tokenizer, load_tickets("train"), steps=RECIPE["steps"],
+    history = classify.train_classifier(model, tokenizer, rows, steps=RECIPE["steps"],
                                         batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], seed=RECIPE["seed"])
-    seconds = time.perf_counter() - start
+    return history, time.perf_counter() - start
+
+
+def main() -> None:
+    use_cores()
+    model, tokenizer = load_default_model(device="cpu")
+    history, seconds = train_adapter(model, tokenizer, load_tickets("train"))
     test = load_tickets("test")
     accuracy = classify.evaluate(model, tokenizer, test)
     folder = lora.save_adapter(model, ticket_adapter_path(), base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")

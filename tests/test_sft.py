@@ -65,6 +65,33 @@ def test_sft_labels_equal_trl_assistant_only_loss(tiny, tmp_path, max_length):
         assert (batch["labels"][row, n:] == sft.IGNORE_INDEX).all()
 
 
+def test_trl_prompt_completion_trains_our_labels_plus_the_newline_after_the_last_reply(tiny, tmp_path):
+    """The path topic 5's notebook uses: TRL's prompt-completion format trains the completion's tokens as
+    rendered, so the template's newline after the final <|im_end|> is trained too (ours masks it), and every
+    assistant turn inside the prompt is masked (ours trains each reply)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer = tiny
+    config = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(CHATS), use_cpu=True, bf16=False,
+                       report_to=[], train_sampling_strategy="sequential", dataloader_num_workers=0)
+    trainer = SFTTrainer(model=model, args=config, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list([{"prompt": c[:-1], "completion": c[-1:]} for c in CHATS]))
+    batch = next(iter(trainer.get_train_dataloader()))
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    for row, chat in enumerate(CHATS):
+        ids, labels = sft.sft_example(tokenizer, chat)
+        _, last_only = sft.sft_example(tokenizer, chat[-2:])  # the final reply alone, after its user turn
+        n = len(ids)
+        assert batch["input_ids"][row, :n].tolist() == ids and ids[-len(newline):] == newline
+        theirs = batch["labels"][row, :n].tolist()
+        assert theirs[-len(newline):] == newline and labels[-len(newline):] == [sft.IGNORE_INDEX] * len(newline)
+        trained = [lab for lab in theirs[:-len(newline)] if lab != sft.IGNORE_INDEX]
+        assert trained == [lab for lab in last_only if lab != sft.IGNORE_INDEX]
+        ours = [lab for lab in labels if lab != sft.IGNORE_INDEX]
+        assert (trained == ours) == (row == 0)  # one reply: the same; two: ours trains the first one too
+
+
 def test_sft_example_refuses_a_chat_without_reply(tiny):
     with pytest.raises(ValueError, match="no assistant turn"):
         sft.sft_example(tiny[1], CHATS[0][:1])

@@ -81,7 +81,9 @@ def test_monthly_costs_and_the_decision_explorer_follow_the_controls(monkeypatch
     assert costs["fine-tuning"] == pytest.approx(10_000 * 60 / 1000 * 0.012 + 2.0)
     box = decision_explorer(cost)
     (examples, _, prompt), (fresh, _) = box.children[0].children, box.children[1].children
-    verdict = box.children[2]
+    sheet, *prices = box.children[2].children
+    verdict = box.children[3]
+    assert sheet.value == "GPT-3.5 Turbo, Aug 2023" and [p.value for p in prices] == [0.008, 0.012, 0.0015]
     assert verdict.value.startswith("<b>fine-tuning</b>") and "pays for itself above" in verdict.value
     fresh.value = True
     assert verdict.value.startswith("<b>RAG</b>")
@@ -89,6 +91,14 @@ def test_monthly_costs_and_the_decision_explorer_follow_the_controls(monkeypatch
     assert verdict.value.startswith("<b>prompt engineering</b>") and "fewer than 50" in verdict.value
     prompt.value = 200  # a short prompt on the base model is cheaper per request than the fine-tune
     assert "never pays for itself" in verdict.value
+    sheet.value = "GPT-4o mini, Jul 2024"  # the fine-tuned model's tokens cost 2x, not 8x: the verdict flips
+    assert [p.value for p in prices] == [0.003, 0.0003, 0.00015] and sheet.value == "GPT-4o mini, Jul 2024"
+    training = 20 * 100 * 3 / 1000 * 0.003
+    even = training / 12 / (200 / 1000 * 0.00015 - 60 / 1000 * 0.0003)
+    assert f"pays for itself above {even:,.0f} requests/month" in verdict.value
+    prices[1].value = 0.0006  # typed over the sheet: the sheet says so, and the break-even moves
+    assert sheet.value == "(typed in)" and "never pays for itself" in verdict.value
+    assert decision_explorer(CostModel(0.1, 0.2, 0.3)).children[2].children[0].value == "(typed in)"
 
 
 def test_blind_comparison_hides_sides_and_unblinds_ratings():
