@@ -9,7 +9,7 @@ group of near duplicates on one side, so :func:`leaks` finds nothing across its 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from .dedup import near_duplicate_groups, near_duplicate_pairs, normalise
@@ -31,18 +31,26 @@ def stratified_split(rows: Sequence[dict], fractions: dict[str, float], label: s
     for key in sorted(by_label, key=str):
         indices = by_label[key][:]
         rng.shuffle(indices)
-        start, cumulative = 0, 0.0
-        for name, fraction in fractions.items():
-            cumulative += fraction
-            stop = round(cumulative * len(indices))
-            parts[name] += indices[start:stop]
-            start = stop
+        start = 0
+        for name, count in _counts(fractions, len(indices)).items():
+            parts[name] += indices[start:start + count]
+            start += count
     return {name: [rows[i] for i in sorted(indices)] for name, indices in parts.items()}
 
 
 def _check_fractions(fractions: dict[str, float]) -> None:
     if not fractions or any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-9:
         raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions}")
+
+
+def _counts(fractions: dict[str, float], total: int) -> dict[str, int]:
+    """How many of ``total`` items each part gets: the cumulative shares rounded, so that the counts add up."""
+    counts, cumulative, start = {}, 0.0, 0
+    for name, fraction in fractions.items():
+        cumulative += fraction
+        stop = round(cumulative * total)
+        counts[name], start = stop - start, stop
+    return counts
 
 
 def group_split(rows: Sequence[dict], fractions: dict[str, float], text: str = "text", label: str = "label",
@@ -64,21 +72,14 @@ def group_split(rows: Sequence[dict], fractions: dict[str, float], text: str = "
         groups[group].append(index)
     by_label: dict[object, list[list[int]]] = defaultdict(list)
     for members in groups.values():
-        counts: dict[object, int] = defaultdict(int)
-        for i in members:
-            counts[rows[i][label]] += 1
+        counts = Counter(rows[i][label] for i in members)
         by_label[min(counts, key=lambda key: (-counts[key], str(key)))].append(members)
     rng = random.Random(seed)
     parts: dict[str, list[int]] = {name: [] for name in fractions}
     names = list(fractions)
     for key in sorted(by_label, key=str):
         label_groups = by_label[key]
-        total = sum(len(members) for members in label_groups)
-        targets, cumulative, start = {}, 0.0, 0
-        for name in names:  # the counts stratified_split would give, rounded so that they add up
-            cumulative += fractions[name]
-            stop = round(cumulative * total)
-            targets[name], start = stop - start, stop
+        targets = _counts(fractions, sum(len(members) for members in label_groups))  # stratified_split's counts
         taken = dict.fromkeys(names, 0)
         rng.shuffle(label_groups)
         label_groups.sort(key=lambda members: len(members) == 1)  # stable: multi-row groups first, shuffled

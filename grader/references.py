@@ -198,7 +198,8 @@ def _rewrite(source: str, names: dict[str, str]) -> str:
 
 def removal(references: list[str]) -> Removal:
     """What must be mounted so that none of ``references`` exists in the kernel. Raises
-    :class:`UnremovableReference` for a reference that cannot be removed (a built-in, or a name that is not a top-level definition)."""
+    :class:`UnremovableReference` for a reference that cannot be removed (a built-in, or a name that is not a
+    top-level definition)."""
     out = Removal()
     per_file: dict[Path, dict[str, str]] = {}
     for name in references:

@@ -67,8 +67,8 @@ def _paired(results: dict, test: list[dict], items: list[int] | None = None) -> 
 def first_split() -> dict:
     train, test = load_tickets("train", first_split=True), load_tickets("test", first_split=True)
     found = splits.leaks([r["text"] for r in train], [r["text"] for r in test])
-    leaked = sorted(i for i, _, _ in found)
-    rest = [i for i in range(len(test)) if i not in set(leaked)]
+    leaked = sorted({i for i, _, _ in found})
+    rest = sorted(set(range(len(test))) - set(leaked))
     encoder, enc_tokenizer = load_minilm(device="cpu")
     retriever = Retriever([r["text"] for r in train], encoder, enc_tokenizer)
     model, tokenizer = load_default_model(device="cpu")
