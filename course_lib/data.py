@@ -93,6 +93,36 @@ def _shipped(*parts: str) -> Path:
     return Path(str(resources.files("course_lib").joinpath("data", *parts)))
 
 
+# Every shipped measurement and the command that writes it: what a notebook prints from one of these files, the
+# learner's run did not compute (it reruns with that command).
+MEASUREMENTS = {
+    "approaches_tickets.json": "scripts/measure_approaches.py tickets",
+    "approaches_first_split.json": "scripts/measure_approaches.py first_split",
+    "approaches_knowledge.json": "scripts/measure_approaches.py knowledge",
+    "data_quality.json": "scripts/measure_data_quality.py",
+    "lora_sweep.json": "scripts/sweep_lora.py",
+    "overfitting_tickets.json": "scripts/measure_overfitting.py",
+    "lora_peft_vs_ours.json": "scripts/lora_peft_vs_ours.py",
+    "quant_smollm2.json": "scripts/measure_quant.py table",
+    "qlora_tickets.json": "scripts/measure_quant.py finetune",
+    "qlora_targets.json": "scripts/measure_quant.py targets",
+    "dpo_trl_vs_ours.json": "scripts/dpo_trl_vs_ours.py",
+    "dpo_ablation.json": "scripts/measure_dpo_ablation.py",
+    "evaluation.json": "scripts/measure_evaluation.py",
+    "notebook_times.json": "scripts/time_notebooks.py",
+}
+
+
+def load_measurement(name: str, announce: bool = True) -> dict:
+    """A shipped measurement (``course_lib/data/measurements/<name>``). With ``announce``, first prints that it is
+    one and which command made it, so that a notebook's reader can tell its numbers from those the run computes."""
+    if name not in MEASUREMENTS:
+        raise DataError(f"unknown measurement {name!r}; the shipped ones are {sorted(MEASUREMENTS)}")
+    if announce:
+        print(f"[shipped measurement, not computed by this run: {name}, made by `python {MEASUREMENTS[name]}`]")
+    return json.loads(_shipped("measurements", name).read_text())
+
+
 def tickets_path(split: str, first_split: bool = False) -> Path:
     """Path of one split of the packaged support-ticket data set (of the course's first, leaky split with
     ``first_split``)."""

@@ -29,6 +29,8 @@ from torch import nn
 from .quant import QuantLinear
 
 DEFAULT_TARGETS = ("q_proj", "v_proj")
+# every linear layer of a Llama-style block (QLoRA's recipe: Dettmers et al., 2023, adapt them all)
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."

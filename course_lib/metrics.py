@@ -5,7 +5,8 @@
   (equal to scikit-learn's, ``zero_division=0``), exact match;
 * generation: ROUGE-1/2/L (equal to Google's ``rouge-score`` without stemming);
 * evidence: percentile bootstrap intervals, a paired bootstrap and McNemar's test for "is B better than A on
-  the same items", and a win rate with its Wilson interval.
+  the same items", and a win rate with its Wilson interval;
+* repeated runs: the mean and spread of one measurement over seeds, and a paired comparison over seeds.
 """
 from __future__ import annotations
 
@@ -226,3 +227,23 @@ def win_rate(wins: int, losses: int, ties: int = 0, confidence: float = 0.95) ->
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return p, centre - half, centre + half
+
+
+def seed_summary(values: Sequence[float]) -> dict[str, float]:
+    """One measurement repeated over seeds: its mean, sample standard deviation (n - 1), minimum and maximum.
+    A conclusion that holds only inside this spread is not a conclusion."""
+    values = [float(v) for v in values]
+    if len(values) < 2:
+        raise ValueError(f"a spread needs at least 2 runs (one per seed), got {len(values)}")
+    return {"n": len(values), "mean": statistics.fmean(values), "sd": statistics.stdev(values),
+            "min": min(values), "max": max(values)}
+
+
+def paired_over_seeds(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence[bool]]) -> dict:
+    """Is B better than A, run once per seed, both scored on the same items? Per seed: the accuracy difference
+    B - A and McNemar's test (:func:`mcnemar`); over seeds: the differences' :func:`seed_summary`."""
+    if len(correct_a) != len(correct_b):
+        raise ValueError(f"need one run of A and one of B per seed, got {len(correct_a)} and {len(correct_b)}")
+    per_seed = [{**mcnemar(a, b), "difference": (sum(map(bool, b)) - sum(map(bool, a))) / len(a)}
+                for a, b in zip(correct_a, correct_b)]
+    return {"per_seed": per_seed, "difference": seed_summary([p["difference"] for p in per_seed])}

@@ -18,10 +18,9 @@ import torch
 
 from course_lib import align, dpo
 from course_lib.data import load_preferences
-from course_lib.lora import adapters_disabled, inject_lora, lora_layers
+from course_lib.lora import ALL_LINEAR, adapters_disabled, inject_lora, lora_layers
 from course_lib.models import bf16_native, load_default_model, mixed_precision, use_cores
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def run(model, tokenizer, initial: list[torch.Tensor], train_pairs: list[dict], test_pairs: list[dict],
@@ -59,7 +58,7 @@ def main() -> None:
     print(f"{torch.get_num_threads()} threads; bf16 matmuls in hardware: {bf16_native('cpu')}")
     model, tokenizer = load_default_model()
     torch.manual_seed(0)
-    inject_lora(model, r=8, alpha=16, target_modules=TARGETS)
+    inject_lora(model, r=8, alpha=16, target_modules=ALL_LINEAR)
     initial = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     assert len(initial) == 2 * len(list(lora_layers(model)))
     train_pairs, test_pairs = load_preferences("train"), load_preferences("test")

@@ -19,11 +19,10 @@ import torch
 
 from course_lib import align, dpo
 from course_lib.data import load_preferences
-from course_lib.lora import inject_lora
+from course_lib.lora import ALL_LINEAR, inject_lora
 from course_lib.models import bf16_native, load_default_model, mixed_precision, use_cores
 from course_lib.sft import batch_indices
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
     use_cores()
     model, tokenizer = load_default_model()
     torch.manual_seed(0)
-    inject_lora(model, r=8, alpha=16, target_modules=TARGETS)
+    inject_lora(model, r=8, alpha=16, target_modules=ALL_LINEAR)
     params = [p for p in model.parameters() if p.requires_grad]
     for name, param in model.named_parameters():
         if "lora_B" in name:

@@ -26,12 +26,12 @@ import torch
 from course_lib import align, dpo
 from course_lib.sft import batch_indices
 from course_lib.data import load_preferences
-from course_lib.lora import inject_lora
+from course_lib.lora import ALL_LINEAR, inject_lora
 from course_lib.models import load_default_model
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "dpo_trl_vs_ours.json"
 SETTINGS = {"steps": 16, "batch_size": 4, "lr": 1e-3, "beta": 0.1, "sft_weight": 1.0, "r": 8, "alpha": 16,
-            "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            "targets": list(ALL_LINEAR),
             "seed": 0, "heldout_pairs": 32, "heldout_tickets": 16, "max_new_tokens": 60}
 
 

@@ -35,8 +35,8 @@ from course_lib.retrieval import Retriever  # noqa: E402
 from make_ticket_adapter import RECIPE, train_adapter  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements"
-QA_RECIPE = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                       "down_proj"], "steps": 60, "batch_size": 8, "lr": 1e-3, "seed": 0}
+QA_RECIPE = {"r": 16, "alpha": 32, "target_modules": list(lora.ALL_LINEAR), "steps": 60, "batch_size": 8, "lr": 1e-3,
+             "seed": 0}
 
 
 def tickets() -> dict:

@@ -1,22 +1,30 @@
 """Measure topic 2's claims on the embedded SmolLM2-135M-Instruct and write them as JSON.
 
-Every run uses topic 3's recipe (LoRA r=8 on q/v, 60 steps of 8, AdamW lr 1e-3, seed 0) from a fresh base model
-and is scored on the shipped, clean test split (225 tickets):
+Is it the quality or the quantity? Four training sets, built per seed from one pool of 5,000 fresh tickets
+(the generator of the shipped tickets; none has a near duplicate, shingle Jaccard >= 0.7 by
+``splits.leaks``, in the shipped validation or test split):
 
-* ``clean 500``: 500 tickets of the shipped, curated train split (100 per label);
-* ``noisy 5000``: 5,000 fresh tickets from the same templates, none a near duplicate of a test ticket, with
-  20% wrong labels and 30% duplicates (half exact copies, half with another greeting or case);
-* ``leaky 500``: the clean 500 with 150 of them replaced by near duplicates of test tickets (another greeting,
-  case or sign-off), i.e. the test items leaked into training; its accuracy is also reported on the leaked
-  test items and on the rest.
+* ``clean 5000``: the pool, every label right. Templated, so not free of near duplicates among themselves (the
+  JSON records how many distinct texts and near-duplicate groups each seed's pool holds), no more than the
+  shipped tickets are;
+* ``clean 500``: 500 of the pool (100 per label), so clean 500 vs clean 5000 changes only the quantity;
+* ``noisy 5000``: 3,500 of the pool with 20% wrong labels, plus 1,500 repeats of them (half exact copies, half
+  with another greeting or shouted; none a near copy of a held-out ticket either), so noisy 5000 vs clean 5000
+  changes only the quality;
+* ``leaky 500``: the clean 500 with 150 of them replaced by near copies of test tickets (another greeting or
+  shouted): the test items leaked into training. Its accuracy is also reported on the leaked items and the rest.
 
-Each run is also scored on the shipped validation split, which no run saw near copies of (the same kind of
-unseen tickets the test split stands for): a leaked test split shows as a test score above it.
+Every run uses topic 3's recipe (LoRA r=8 on q/v, 60 steps of 8, AdamW lr 1e-3) from a fresh base model: the
+same step budget, so every run sees 480 examples (about one epoch of the 500s, a tenth of the 5000s). Each
+seed draws the pool, the subsets, the noise, the adapter's initial weights and the batch order. Each run is
+scored on the shipped test split and on the validation split, which no run saw near copies of (the same kind
+of unseen tickets the test split stands for): a leaked test split shows as a test score above it.
 
-    python scripts/measure_data_quality.py      -> course_lib/data/measurements/data_quality.json
+    python scripts/measure_data_quality.py [--seeds 0 1 2]  -> course_lib/data/measurements/data_quality.json
 """
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -31,13 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from make_tickets import OPENERS, make_ticket  # noqa: E402
 
 from course_lib import classify, lora, metrics  # noqa: E402
-from course_lib.data import TICKET_LABELS, load_tickets, near_duplicate_key  # noqa: E402
+from course_lib.data import TICKET_LABELS, load_tickets  # noqa: E402
+from course_lib.dedup import near_duplicate_groups  # noqa: E402
 from course_lib.models import load_default_model, use_cores  # noqa: E402
-from course_lib.splits import leaks, stratified_split  # noqa: E402
+from course_lib.splits import leaks  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "data_quality.json"
-RECIPE = {"r": 8, "alpha": 16, "steps": 60, "batch_size": 8, "lr": 1e-3, "seed": 0}
-NOISE = {"wrong_label": 0.20, "duplicate": 0.30, "leaked": 150}
+RECIPE = {"r": 8, "alpha": 16, "steps": 60, "batch_size": 8, "lr": 1e-3}
+NOISE = {"wrong_label": 0.20, "repeats": 1500, "leaked": 150}
+POOL = 5000
+MEASURES = ("test_accuracy", "validation_accuracy", "accuracy_on_those", "accuracy_on_the_rest")
 
 
 def _variant(text: str, rng: random.Random) -> str:
@@ -47,62 +58,94 @@ def _variant(text: str, rng: random.Random) -> str:
     return text.upper()
 
 
-def datasets(seed: int = 0) -> dict[str, list[dict]]:
+def fresh_pool(per_label: int, held_out: list[str], rng: random.Random) -> list[dict]:
+    """``per_label`` new tickets of each label, labelled right, none a near duplicate of a held-out ticket."""
+    pool: list[dict] = []
+    while missing := [label for label in TICKET_LABELS
+                      for _ in range(per_label - sum(r["label"] == label for r in pool))]:
+        batch = [{"text": make_ticket(label, rng), "label": label} for label in missing]
+        near = {i for i, _, _ in leaks(held_out, [r["text"] for r in batch], threshold=0.7)}
+        pool += [r for i, r in enumerate(batch) if i not in near]
+    rng.shuffle(pool)
+    return pool
+
+
+def datasets(seed: int, test: list[dict], validation: list[dict]) -> dict[str, list[dict]]:
     rng = random.Random(seed)
-    train, test = load_tickets("train"), load_tickets("test")
-    clean = stratified_split(train, {"keep": 500 / len(train), "rest": 1 - 500 / len(train)}, seed=seed)["keep"]
-    held_out = {near_duplicate_key(r["text"]) for split in ("validation", "test") for r in load_tickets(split)}
-    noisy: list[dict] = []
-    while len(noisy) < 5000:
-        if noisy and rng.random() < NOISE["duplicate"]:
-            source = rng.choice(noisy)
-            noisy.append(dict(source) if rng.random() < 0.5 else {**source, "text": _variant(source["text"], rng)})
-            continue
-        label = rng.choice(TICKET_LABELS)
-        text = make_ticket(label, rng)
-        if near_duplicate_key(text) in held_out:
-            continue
-        if rng.random() < NOISE["wrong_label"]:
-            label = rng.choice([x for x in TICKET_LABELS if x != label])
-        noisy.append({"text": text, "label": label})
-    leaked_items = rng.sample(range(len(test)), NOISE["leaked"])
-    leaky = clean[:len(clean) - NOISE["leaked"]] + [{"text": _variant(test[i]["text"], rng), "label": test[i]["label"]}
-                                                     for i in leaked_items]
+    held_out = [r["text"] for r in test + validation]
+    pool = fresh_pool(POOL // len(TICKET_LABELS), held_out, rng)
+    clean = [r for label in TICKET_LABELS for r in rng.sample([r for r in pool if r["label"] == label], 100)]
+    rng.shuffle(clean)
+    unique = [dict(r) for r in rng.sample(pool, POOL - NOISE["repeats"])]
+    for row in rng.sample(unique, round(NOISE["wrong_label"] * len(unique))):
+        row["label"] = rng.choice([x for x in TICKET_LABELS if x != row["label"]])
+    repeats: list[dict] = []
+    while len(repeats) < NOISE["repeats"]:  # a greeting can make a repeat a near copy of a held-out ticket
+        batch = [dict(r) if rng.random() < 0.5 else {**r, "text": _variant(r["text"], rng)}
+                 for r in rng.choices(unique, k=NOISE["repeats"] - len(repeats))]
+        near = {i for i, _, _ in leaks(held_out, [r["text"] for r in batch], threshold=0.7)}
+        repeats += [r for i, r in enumerate(batch) if i not in near]
+    noisy = unique + repeats
+    rng.shuffle(noisy)
+    leaked = [{"text": _variant(test[i]["text"], rng), "label": test[i]["label"]}
+              for i in rng.sample(range(len(test)), NOISE["leaked"])]
+    leaky = rng.sample(clean, len(clean) - NOISE["leaked"]) + leaked
     rng.shuffle(leaky)
-    return {"clean 500": clean, "noisy 5000": noisy, "leaky 500": leaky}
+    return {"clean 500": clean, "clean 5000": pool, "noisy 5000": noisy, "leaky 500": leaky}
 
 
-def train_and_test(rows: list[dict], test: list[dict], validation: list[dict]) -> dict:
-    torch.manual_seed(RECIPE["seed"])
+def train_and_test(rows: list[dict], test: list[dict], validation: list[dict], seed: int) -> dict:
+    torch.manual_seed(seed)
     model, tokenizer = load_default_model(device="cpu")
     lora.inject_lora(model, r=RECIPE["r"], alpha=RECIPE["alpha"], target_modules=("q_proj", "v_proj"))
     start = time.perf_counter()
     history = classify.train_classifier(model, tokenizer, rows, steps=RECIPE["steps"], batch_size=RECIPE["batch_size"],
-                                        lr=RECIPE["lr"], seed=RECIPE["seed"])
+                                        lr=RECIPE["lr"], seed=seed)
     seconds = time.perf_counter() - start
     predictions = classify.predict(model, tokenizer, [r["text"] for r in test])
-    return {"train_seconds": round(seconds, 1), "final_loss": history["loss"][-1], "predictions": predictions,
-            "test_accuracy": metrics.accuracy(predictions, [r["label"] for r in test]),
-            "validation_accuracy": classify.evaluate(model, tokenizer, validation)}
+    found = {i for i, _, _ in leaks([r["text"] for r in rows], [r["text"] for r in test], threshold=0.7)}
+    correct = [p == r["label"] for p, r in zip(predictions, test)]
+    return {"seed": seed, "examples": len(rows), "train_seconds": round(seconds, 1), "final_loss": history["loss"][-1],
+            "test_accuracy": sum(correct) / len(test),
+            "validation_accuracy": classify.evaluate(model, tokenizer, validation),
+            "test_items_with_a_near_duplicate_in_train": len(found),
+            "accuracy_on_those": sum(correct[i] for i in found) / len(found) if found else None,
+            "accuracy_on_the_rest": sum(c for i, c in enumerate(correct) if i not in found) / (len(test) - len(found)),
+            "correct": correct}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per-seed runs of one training set, with the mean and spread of each accuracy over the seeds."""
+    summary = {key: metrics.seed_summary([r[key] for r in runs])
+               for key in MEASURES if all(r[key] is not None for r in runs)}
+    return {"runs": [{k: v for k, v in r.items() if k != "correct"} for r in runs], **summary}
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    seeds = parser.parse_args().seeds
     use_cores()
     test, validation = load_tickets("test"), load_tickets("validation")
-    sets = datasets()
-    results = {}
-    for name, rows in sets.items():
-        found = leaks([r["text"] for r in rows], [r["text"] for r in test], threshold=0.7)
-        run = train_and_test(rows, test, validation)
-        leaked = {i for i, _, _ in found}
-        correct = [p == r["label"] for p, r in zip(run.pop("predictions"), test)]
-        run.update(examples=len(rows), test_items_with_a_near_duplicate_in_train=len(leaked),
-                   accuracy_on_those=sum(correct[i] for i in leaked) / len(leaked) if leaked else None,
-                   accuracy_on_the_rest=sum(c for i, c in enumerate(correct) if i not in leaked) / (len(test) - len(leaked)))
-        results[name] = run
-        print(name, json.dumps(run))
-    OUT.write_text(json.dumps({"recipe": RECIPE, "noise": NOISE, "test_size": len(test), "results": results},
-                              indent=1) + "\n")
+    runs: dict[str, list[dict]] = {}
+    pools = []
+    for seed in seeds:
+        sets = datasets(seed, test, validation)
+        texts = [r["text"] for r in sets["clean 5000"]]
+        pools.append({"seed": seed, "distinct_texts": len(set(texts)),
+                      "near_duplicate_groups": len(set(near_duplicate_groups(texts, 0.7)))})
+        for name, rows in sets.items():
+            run = train_and_test(rows, test, validation, seed)
+            runs.setdefault(name, []).append(run)
+            print(name, json.dumps({k: v for k, v in run.items() if k != "correct"}), flush=True)
+    comparisons = {f"{b} vs {a}": metrics.paired_over_seeds([r["correct"] for r in runs[a]],
+                                                            [r["correct"] for r in runs[b]]) for a, b in
+                   [("clean 500", "clean 5000"), ("clean 5000", "noisy 5000"), ("clean 500", "noisy 5000"),
+                    ("clean 500", "leaky 500")]}
+    OUT.write_text(json.dumps({"recipe": RECIPE, "noise": NOISE, "pool": POOL, "seeds": seeds, "pools": pools,
+                               "test_size": len(test), "validation_size": len(validation),
+                               "results": {name: summarise(r) for name, r in runs.items()},
+                               "comparisons": comparisons}, indent=1) + "\n")
     print(f"wrote {OUT}")
 
 

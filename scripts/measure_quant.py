@@ -8,8 +8,11 @@
   (r=8, q/v, 60 steps of 8, lr 1e-3, seed 0): test accuracy, training time, resident memory before
   training and its peak during training (sampled every 20 ms), each in its own process so that peaks
   do not mix. Freed memory is handed back to the OS (malloc_trim) before training starts.
+* ``targets``: where QLoRA's deficit comes from. LoRA (FP32 base) and QLoRA (NF4 base), each with adapters on
+  q/v or on every linear layer, the same recipe otherwise, seeds 0, 1, 2 (the adapters' initial weights and
+  the batch order): test accuracy per run, mean and spread, and McNemar's test per seed for each pair.
 
-    python scripts/measure_quant.py [table|finetune|all]   -> course_lib/data/measurements/*.json
+    python scripts/measure_quant.py [table|finetune|targets|all]   -> course_lib/data/measurements/*.json
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import psutil
 import torch
 from torch import nn
 
-from course_lib import classify, lora, quant
+from course_lib import classify, lora, metrics, quant
 from course_lib.data import load_tickets, reference_prose
 from course_lib.metrics import perplexity
 from course_lib.models import load_default_model
@@ -144,6 +147,42 @@ def finetune() -> dict:
     return results
 
 
+TARGETS = {"q+v": lora.DEFAULT_TARGETS, "all linear": lora.ALL_LINEAR}
+
+
+def targets(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    train, test = load_tickets("train"), load_tickets("test")
+    runs: dict[str, list[dict]] = {}
+    for seed in seeds:
+        for base in ("fp32", "nf4"):
+            for name, modules in TARGETS.items():
+                model, tokenizer = load_default_model(device="cpu")
+                if base != "fp32":
+                    quant.quantize_model(model, base)
+                torch.manual_seed(seed)
+                lora.inject_lora(model, r=8, alpha=16, target_modules=modules)
+                trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                history = classify.train_classifier(model, tokenizer, train, steps=60, batch_size=8, lr=1e-3,
+                                                    seed=seed, progress=False)
+                predictions = classify.predict(model, tokenizer, [r["text"] for r in test], batch_size=32,
+                                               progress=False)
+                run = {"seed": seed, "trainable": trainable, "train_seconds": round(history["seconds"][-1], 1),
+                       "final_loss": history["loss"][-1],
+                       "test_accuracy": metrics.accuracy(predictions, [r["label"] for r in test]),
+                       "correct": [p == r["label"] for p, r in zip(predictions, test)]}
+                runs.setdefault(f"{base} {name}", []).append(run)
+                print(base, name, {k: v for k, v in run.items() if k != "correct"}, flush=True)
+    pairs = {f"{b} vs {a}": metrics.paired_over_seeds([r["correct"] for r in runs[a]], [r["correct"] for r in runs[b]])
+             for a, b in [("fp32 q+v", "fp32 all linear"), ("nf4 q+v", "nf4 all linear"), ("fp32 q+v", "nf4 q+v"),
+                          ("fp32 all linear", "nf4 all linear")]}
+    return {"recipe": {"r": 8, "alpha": 16, "steps": 60, "batch_size": 8, "lr": 1e-3, "seeds": list(seeds)},
+            "test_size": len(test),
+            "results": {name: {"runs": [{k: v for k, v in r.items() if k != "correct"} for r in rs],
+                               "test_accuracy": metrics.seed_summary([r["test_accuracy"] for r in rs])}
+                        for name, rs in runs.items()},
+            "comparisons": pairs}
+
+
 def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
@@ -155,6 +194,8 @@ def main() -> None:
         (OUT / "quant_smollm2.json").write_text(json.dumps(table(), indent=1) + "\n")
     if what in ("finetune", "all"):
         (OUT / "qlora_tickets.json").write_text(json.dumps(finetune(), indent=1) + "\n")
+    if what in ("targets", "all"):
+        (OUT / "qlora_targets.json").write_text(json.dumps(targets(), indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from course_lib.models import load_default_model, use_cores  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "lora_sweep.json"
 BASE = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"], "lr": 1e-3, "steps": 60, "batch_size": 8, "seed": 0}
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALL_LINEAR = list(lora.ALL_LINEAR)
 SWEEPS = {
     "rank": [{"r": r, "alpha": 2 * r} for r in (1, 4, 8, 16, 64)],
     "lr": [{"lr": lr} for lr in (1e-4, 3e-4, 1e-3, 3e-3)],

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.data import (PREFERENCE_SPLITS, TICKET_LABELS, TICKET_SPLITS, DataError, load_freeform_tickets,
-                             load_policies, load_preferences, load_tickets, near_duplicate_key, read_jsonl,
-                             write_jsonl)
+from course_lib.data import (MEASUREMENTS, PREFERENCE_SPLITS, TICKET_LABELS, TICKET_SPLITS, DataError,
+                             load_freeform_tickets, load_measurement, load_policies, load_preferences, load_tickets,
+                             near_duplicate_key, read_jsonl, write_jsonl)
 from course_lib.splits import leaks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,15 +166,72 @@ def test_overfitting_measurement_is_complete_and_names_its_best_step():
     assert all(0 <= a <= 1 for a in measured["eval_accuracy"])
 
 
-def test_dpo_ablation_measurement_covers_the_three_recipes_alike():
-    measured = json.loads((ROOT / "course_lib" / "data" / "measurements" / "dpo_ablation.json").read_text())
-    steps = measured["settings"]["steps"]
+def test_every_shipped_measurement_names_the_command_that_made_it(capsys):
+    folder = ROOT / "course_lib" / "data" / "measurements"
+    assert {p.name for p in folder.glob("*.json")} == set(MEASUREMENTS)
+    for name, command in MEASUREMENTS.items():
+        script, *mode = command.split()
+        source = (ROOT / script).read_text()
+        assert name in source or (mode and mode[0] in source), (name, command)
+    measured = load_measurement("data_quality.json")
+    assert measured == json.loads((folder / "data_quality.json").read_text())
+    assert "scripts/measure_data_quality.py" in capsys.readouterr().out
+    with pytest.raises(DataError, match="unknown measurement"):
+        load_measurement("data_quality")
+
+
+def _measurement(name: str) -> dict:
+    return load_measurement(name, announce=False)
+
+
+def _check_seed_runs(summaries: dict, keys: tuple[str, ...]) -> None:
+    """Each comparison the course draws a conclusion from ran with at least 3 seeds, and its summary is theirs."""
+    runs = summaries["runs"]
+    assert len({r["seed"] for r in runs}) == len(runs) >= 3
+    for key in keys:
+        values = [r[key] for r in runs]
+        assert summaries[key]["n"] == len(runs) and summaries[key]["min"] == min(values)
+        assert summaries[key]["mean"] == pytest.approx(sum(values) / len(values))
+
+
+def test_dpo_ablation_measurement_covers_the_three_recipes_alike_over_seeds():
+    measured = _measurement("dpo_ablation.json")
+    steps, beta = measured["settings"]["steps"], measured["settings"]["beta"]
     for name in ("SFT on chosen", "DPO", "DPO + NLL"):
-        run = measured[name]
-        assert len(run["loss"]) == steps and 0 <= run["style"] <= 1 and 0 <= run["reward_accuracy"] <= 1
-        # the margin is beta times the difference of the log-likelihood changes
-        assert run["reward_margin"] == pytest.approx(
-            measured["settings"]["beta"] * (run["chosen_logprob_change"] - run["rejected_logprob_change"]), rel=1e-4)
+        _check_seed_runs(measured[name], ("style", "reward_accuracy", "reward_margin", "reply_perplexity"))
+        assert [r["seed"] for r in measured[name]["runs"]] == measured["settings"]["seeds"]
+        for run in measured[name]["runs"]:
+            assert len(run["loss"]) == steps and 0 <= run["style"] <= 1 and 0 <= run["reward_accuracy"] <= 1
+            # the margin is beta times the difference of the log-likelihood changes
+            assert run["reward_margin"] == pytest.approx(
+                beta * (run["chosen_logprob_change"] - run["rejected_logprob_change"]), rel=1e-4)
+
+
+def test_data_quality_runs_separate_quantity_noise_and_leakage_over_seeds():
+    measured = _measurement("data_quality.json")
+    results = measured["results"]
+    for name, result in results.items():
+        _check_seed_runs(result, ("test_accuracy", "validation_accuracy"))
+        # only the leaky set holds near copies of test tickets; nothing holds one of a validation ticket
+        near = [r["test_items_with_a_near_duplicate_in_train"] for r in result["runs"]]
+        assert all(n >= measured["noise"]["leaked"] for n in near) if name == "leaky 500" else near == [0] * len(near)
+    assert [r["examples"] for r in results["clean 500"]["runs"]] == [500] * len(measured["seeds"])
+    assert {r["examples"] for name in ("clean 5000", "noisy 5000") for r in results[name]["runs"]} == {5000}
+    for name, comparison in measured["comparisons"].items():
+        b, a = name.split(" vs ")
+        assert [p["difference"] for p in comparison["per_seed"]] == pytest.approx(
+            [rb["test_accuracy"] - ra["test_accuracy"] for ra, rb in zip(results[a]["runs"], results[b]["runs"])])
+
+
+def test_qlora_targets_compare_the_same_adapters_on_both_bases_over_seeds():
+    measured = _measurement("qlora_targets.json")
+    results = measured["results"]
+    assert set(results) == {"fp32 q+v", "fp32 all linear", "nf4 q+v", "nf4 all linear"}
+    for name, result in results.items():
+        _check_seed_runs(result, ("test_accuracy",))
+    trainable = {name: {r["trainable"] for r in result["runs"]} for name, result in results.items()}
+    assert trainable["fp32 q+v"] == trainable["nf4 q+v"] == {460_800}  # r=8 on q/v, as topic 3 counts
+    assert trainable["fp32 all linear"] == trainable["nf4 all linear"] and min(trainable["nf4 all linear"]) > 460_800
 
 
 def test_lora_sweep_changes_one_setting_at_a_time_around_the_recipe():

@@ -160,3 +160,24 @@ def test_win_rate_wilson_interval_equals_scipy():
     assert (low, high) == pytest.approx((theirs.low, theirs.high), abs=1e-12)
     with pytest.raises(ValueError):
         metrics.win_rate(0, 0)
+
+
+def test_seed_summary_is_the_mean_and_sample_spread_of_the_runs():
+    runs = [0.84, 0.80, 0.871]
+    summary = metrics.seed_summary(runs)
+    assert summary["n"] == 3 and summary["min"] == 0.80 and summary["max"] == 0.871
+    assert summary["mean"] == pytest.approx(np.mean(runs))
+    assert summary["sd"] == pytest.approx(np.std(runs, ddof=1))  # the sample (n - 1) spread, not ddof=0
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.seed_summary([0.9])
+
+
+def test_paired_over_seeds_pairs_each_seed_and_summarises_the_differences():
+    a = [[True, True, False, False], [True, False, False, False], [True, True, True, False]]
+    b = [[True, True, True, False], [True, True, True, False], [True, True, True, False]]
+    out = metrics.paired_over_seeds(a, b)
+    assert [p["difference"] for p in out["per_seed"]] == [0.25, 0.5, 0.0]
+    assert [(p["b"], p["c"]) for p in out["per_seed"]] == [(0, 1), (0, 2), (0, 0)]
+    assert out["difference"]["mean"] == pytest.approx(0.25) and out["difference"]["sd"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="per seed"):
+        metrics.paired_over_seeds(a, b[:2])

@@ -65,6 +65,14 @@ def test_notebooks_take_their_thread_count_from_use_cores(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_shipped_measurements_are_read_only_through_load_measurement(name):
+    # load_measurement prints which script made the numbers that follow, so a learner can tell them from the
+    # ones their own run computes; a notebook that opened the files itself would print them unmarked.
+    code = [c.source for c in read(ROOT / "solutions" / f"{name}.ipynb").cells if c.cell_type == "code"]
+    assert not [src for src in code if '"measurements"' in src or "measurements/" in src]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_every_exercise_has_visible_and_hidden_tests(name):
     solution = read(ROOT / "solutions" / f"{name}.ipynb")
     cells = grade_cells(solution)
