@@ -161,7 +161,7 @@ def targets(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
                     quant.quantize_model(model, base)
                 torch.manual_seed(seed)
                 lora.inject_lora(model, r=8, alpha=16, target_modules=modules)
-                trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                trainable = lora.count_parameters(model)[0]
                 history = classify.train_classifier(model, tokenizer, train, steps=60, batch_size=8, lr=1e-3,
                                                     seed=seed, progress=False)
                 predictions = classify.predict(model, tokenizer, [r["text"] for r in test], batch_size=32,

@@ -103,6 +103,10 @@ def test_unknown_split():
         load_tickets("dev")
 
 
+def _measurement(name: str) -> dict:
+    return load_measurement(name, announce=False)
+
+
 def test_policies_state_every_fact_in_its_document(tmp_path):
     documents, questions = load_policies()
     assert len(documents) == 4 and len(questions) == 12
@@ -117,7 +121,7 @@ def test_policies_state_every_fact_in_its_document(tmp_path):
 
 
 def _evaluation():
-    return json.loads((ROOT / "course_lib" / "data" / "measurements" / "evaluation.json").read_text())
+    return _measurement("evaluation.json")
 
 
 def test_evaluation_measurements_agree_with_their_own_items():
@@ -157,7 +161,7 @@ def test_the_shipped_reply_adapter_generates_as_recorded():
 
 
 def test_overfitting_measurement_is_complete_and_names_its_best_step():
-    measured = json.loads((ROOT / "course_lib" / "data" / "measurements" / "overfitting_tickets.json").read_text())
+    measured = _measurement("overfitting_tickets.json")
     recipe = measured["recipe"]
     assert len(measured["train_loss"]) == recipe["steps"]
     assert measured["eval_step"] == list(range(recipe["eval_every"], recipe["steps"] + 1, recipe["eval_every"]))
@@ -178,10 +182,6 @@ def test_every_shipped_measurement_names_the_command_that_made_it(capsys):
     assert "scripts/measure_data_quality.py" in capsys.readouterr().out
     with pytest.raises(DataError, match="unknown measurement"):
         load_measurement("data_quality")
-
-
-def _measurement(name: str) -> dict:
-    return load_measurement(name, announce=False)
 
 
 def _check_seed_runs(summaries: dict, keys: tuple[str, ...]) -> None:
@@ -235,7 +235,7 @@ def test_qlora_targets_compare_the_same_adapters_on_both_bases_over_seeds():
 
 
 def test_lora_sweep_changes_one_setting_at_a_time_around_the_recipe():
-    measured = json.loads((ROOT / "course_lib" / "data" / "measurements" / "lora_sweep.json").read_text())
+    measured = _measurement("lora_sweep.json")
     base = measured["base"]
     keys = {"rank": ("r", "alpha"), "lr": ("lr",), "alpha": ("alpha",), "targets": ("targets",)}
     for sweep, runs in measured["sweeps"].items():
