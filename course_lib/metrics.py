@@ -241,9 +241,12 @@ def seed_summary(values: Sequence[float]) -> dict[str, float]:
 
 def paired_over_seeds(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence[bool]]) -> dict:
     """Is B better than A, run once per seed, both scored on the same items? Per seed: the accuracy difference
-    B - A and McNemar's test (:func:`mcnemar`); over seeds: the differences' :func:`seed_summary`."""
-    if len(correct_a) != len(correct_b):
+    B - A and McNemar's test (:func:`mcnemar`); over two or more seeds: the differences' :func:`seed_summary`
+    (one seed is one paired test, with no spread to report)."""
+    if len(correct_a) != len(correct_b) or not correct_a:
         raise ValueError(f"need one run of A and one of B per seed, got {len(correct_a)} and {len(correct_b)}")
     per_seed = [{**mcnemar(a, b), "difference": (sum(map(bool, b)) - sum(map(bool, a))) / len(a)}
                 for a, b in zip(correct_a, correct_b)]
+    if len(per_seed) == 1:
+        return {"per_seed": per_seed}
     return {"per_seed": per_seed, "difference": seed_summary([p["difference"] for p in per_seed])}

@@ -157,7 +157,8 @@ def plot_intervals(rows: dict[str, tuple[float, float, float]], xlabel: str, tit
 
 def plot_lora_sweep(sweeps: dict[str, list[dict]], metric: str = "validation_accuracy"):
     """One panel per swept setting (``scripts/sweep_lora.py``): ``metric`` against the setting's values, each
-    point labelled with its training time; returns the figure."""
+    point labelled with its training time; where an entry holds several seeds (``runs``), the point is their mean,
+    each seed a faint dot and the bar their range. Returns the figure."""
     fig, axes = plt.subplots(1, len(sweeps), figsize=(3.3 * len(sweeps), 3.2), squeeze=False)
     for ax, (setting, runs) in zip(axes[0], sweeps.items()):
         key = {"rank": "r"}.get(setting, setting)
@@ -165,6 +166,11 @@ def plot_lora_sweep(sweeps: dict[str, list[dict]], metric: str = "validation_acc
                   for run in runs]
         values = [run[metric] for run in runs]
         ax.plot(range(len(runs)), values, "o-")
+        for x, run in enumerate(runs):
+            seeds = [r[metric] for r in run.get("runs", [])]
+            if len(seeds) > 1:
+                ax.plot([x] * len(seeds), seeds, ".", color="grey", alpha=0.6)
+                ax.vlines(x, min(seeds), max(seeds), color="C0", alpha=0.5)
         for x, (value, run) in enumerate(zip(values, runs)):
             ax.annotate(f"{run['train_seconds']:.0f} s", (x, value), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize=8)

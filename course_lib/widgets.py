@@ -45,17 +45,25 @@ def _render(s: dict[str, float], name: str, measured: dict[int, dict] | None = N
     if measured is not None:
         run = measured.get(int(s["r"]))
         rows.append(("measured on the ticket task (60 steps, alpha = 2r)",
-                     f"validation accuracy {run['validation_accuracy']:.1%}, training {run['train_seconds']:.0f} s"
-                     if run else "not measured at this rank (measured: " + ", ".join(map(str, sorted(measured))) + ")"))
+                     _measured(run) if run else
+                     "not measured at this rank (measured: " + ", ".join(map(str, sorted(measured))) + ")"))
     body = "".join(f"<tr><td style='text-align:left'>{k}</td><td style='text-align:right'><b>{v}</b></td></tr>"
                    for k, v in rows)
     return f"<table>{body}</table><small>Model state only (weights, gradients, Adam); activations excluded.</small>"
 
 
+def _measured(run: dict) -> str:
+    """A sweep entry as one line: the accuracy (with its range when the entry holds several seeds) and the time."""
+    spread = run.get("validation_accuracy_spread")
+    seeds = f" (mean of {spread['n']} seeds, {spread['min']:.1%} to {spread['max']:.1%})" if spread else ""
+    return f"validation accuracy {run['validation_accuracy']:.1%}{seeds}, training {run['train_seconds']:.0f} s"
+
+
 def lora_rank_explorer(shape: TransformerShape, targets: tuple[str, ...] = ("q_proj", "v_proj"),
                        r: int = 8, alpha: float = 16.0, measured: dict[int, dict] | None = None) -> widgets.VBox:
     """Sliders for rank and alpha; the table under them recomputes on every change. ``measured`` maps a rank
-    to a run of ``scripts/sweep_lora.py`` (``validation_accuracy``, ``train_seconds``), shown at that rank."""
+    to an entry of ``scripts/sweep_lora.py`` (``validation_accuracy``, ``train_seconds``, and the seeds' spread
+    ``validation_accuracy_spread`` when present), shown at that rank."""
     rank = widgets.IntSlider(value=r, min=1, max=256, description="rank r", continuous_update=True)
     alpha_slider = widgets.FloatSlider(value=alpha, min=1, max=512, step=1, description="alpha")
     table = widgets.HTML()

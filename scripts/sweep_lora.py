@@ -1,18 +1,26 @@
-"""Topic 3: which LoRA settings matter on the ticket task, measured with a fixed budget.
+"""Topic 3: which LoRA settings matter on the ticket task, measured with a fixed budget over three seeds.
 
-Every run: the embedded SmolLM2-135M-Instruct, fresh adapters (seed 0), 60 AdamW steps of 8 training tickets
-(the notebook's budget), the same batches; then validation accuracy on 90 validation tickets and the training
-time. One setting changes at a time around the notebook's recipe (r=8, alpha 16, q_proj+v_proj, lr 1e-3):
+Every run: the embedded SmolLM2-135M-Instruct, fresh adapters, 60 AdamW steps of 8 training tickets (the
+notebook's budget); then validation accuracy on 90 validation tickets and the training time. The seed draws
+the adapters' initial weights and the batch order; every setting runs once per seed, so two settings of one
+seed are paired (the same batches, McNemar on the same 90 tickets). One setting changes at a time around the
+notebook's recipe (r=8, alpha 16, q_proj+v_proj, lr 1e-3):
 
 - rank r in 1, 4, 8, 16, 64 with alpha = 2r (the common recipe, so alpha / r stays 2);
 - learning rate 1e-4, 3e-4, 1e-3, 3e-3;
-- alpha 8, 16, 32 at r = 8 (scaling 1, 2, 4);
-- target modules: q_proj+v_proj vs every linear layer of the blocks.
+- alpha 8, 16, 32 at r = 8 (scaling 1, 2, 4).
 
-    python scripts/sweep_lora.py      -> course_lib/data/measurements/lora_sweep.json   (about 20 minutes)
+Which layers get adapters (q/v vs every linear layer) is measured on the test split, on the FP32 and the NF4 base,
+by ``scripts/measure_quant.py targets``. Each entry of a sweep holds the setting, its per-seed runs, the mean
+``validation_accuracy`` and ``train_seconds`` over the seeds, their spread (``metrics.seed_summary``) and, for
+every setting but the recipe, the paired comparison with the recipe (``metrics.paired_over_seeds``).
+
+    python scripts/sweep_lora.py [--seeds 0 1 2]  -> course_lib/data/measurements/lora_sweep.json
+    (ten runs per seed, about 25 minutes per seed on a 2-core CPU without bf16)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -22,54 +30,76 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from course_lib import classify, lora  # noqa: E402
+from course_lib import classify, lora, metrics  # noqa: E402
 from course_lib.data import load_tickets  # noqa: E402
 from course_lib.models import load_default_model, use_cores  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "lora_sweep.json"
-BASE = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"], "lr": 1e-3, "steps": 60, "batch_size": 8, "seed": 0}
-ALL_LINEAR = list(lora.ALL_LINEAR)
+BASE = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"], "lr": 1e-3, "steps": 60, "batch_size": 8}
 SWEEPS = {
     "rank": [{"r": r, "alpha": 2 * r} for r in (1, 4, 8, 16, 64)],
     "lr": [{"lr": lr} for lr in (1e-4, 3e-4, 1e-3, 3e-3)],
     "alpha": [{"alpha": a} for a in (8, 16, 32)],
-    "targets": [{"targets": ["q_proj", "v_proj"]}, {"targets": ALL_LINEAR}],
 }
 
 
-def run(settings: dict, train: list[dict], held: list[dict]) -> dict:
+def run(settings: dict, seed: int, train: list[dict], held: list[dict]) -> dict:
     model, tokenizer = load_default_model(device="cpu")
-    torch.manual_seed(settings["seed"])
+    torch.manual_seed(seed)
     lora.inject_lora(model, r=settings["r"], alpha=settings["alpha"], target_modules=tuple(settings["targets"]))
     trainable, _ = lora.count_parameters(model)
     start = time.perf_counter()
     history = classify.train_classifier(model, tokenizer, train, steps=settings["steps"],
-                                        batch_size=settings["batch_size"], lr=settings["lr"], seed=settings["seed"],
+                                        batch_size=settings["batch_size"], lr=settings["lr"], seed=seed,
                                         progress=False)
     seconds = time.perf_counter() - start
-    return {**settings, "trainable": trainable, "train_seconds": round(seconds, 1),
-            "final_loss": sum(history["loss"][-10:]) / 10,
-            "validation_accuracy": classify.evaluate(model, tokenizer, held, progress=False)}
+    predictions = classify.predict(model, tokenizer, [r["text"] for r in held], progress=False)
+    correct = [p == r["label"] for p, r in zip(predictions, held)]
+    return {"seed": seed, "trainable": trainable, "train_seconds": round(seconds, 1),
+            "final_loss": sum(history["loss"][-10:]) / 10, "validation_accuracy": sum(correct) / len(held),
+            "correct": correct}
+
+
+def entry(settings: dict, runs: list[dict], recipe_runs: list[dict]) -> dict:
+    """One setting over the seeds: mean and spread of accuracy and time, and its paired test against the recipe."""
+    out = {**settings, "runs": [{k: v for k, v in r.items() if k != "correct"} for r in runs]}
+    for key in ("validation_accuracy", "train_seconds"):
+        spread = metrics.seed_summary([r[key] for r in runs])
+        out[key], out[f"{key}_spread"] = spread["mean"], spread
+    if settings != BASE:
+        out["vs_recipe"] = metrics.paired_over_seeds([r["correct"] for r in recipe_runs],
+                                                     [r["correct"] for r in runs])
+    return out
+
+
+def write(seeds: list[int], done: dict[str, list[dict]], held: list[dict]) -> None:
+    recipe = done[json.dumps(BASE, sort_keys=True)]
+    sweeps = {sweep: [entry(settings, done[json.dumps(settings, sort_keys=True)], recipe)
+                      for settings in ({**BASE, **change} for change in changes)]
+              for sweep, changes in SWEEPS.items()}
+    OUT.write_text(json.dumps({"base": BASE, "seeds": seeds, "validation_tickets": len(held), "sweeps": sweeps,
+                               "torch": torch.__version__}, indent=1) + "\n")
+    OUT.chmod(0o644)
+    print(f"wrote {OUT} ({len(seeds)} seeds)", flush=True)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    seeds = parser.parse_args().seeds
     use_cores()
     train = load_tickets("train")
     held = load_tickets("validation")[::2][:90]
-    done: dict[str, dict] = {}
-    result = {"base": BASE, "validation_tickets": len(held), "sweeps": {}}
-    for sweep, changes in SWEEPS.items():
-        result["sweeps"][sweep] = []
-        for change in changes:
-            settings = {**BASE, **change}
-            key = json.dumps(settings, sort_keys=True)
-            if key not in done:
-                done[key] = run(settings, train, held)
-                print(sweep, json.dumps(done[key]), flush=True)
-            result["sweeps"][sweep].append(done[key])
-    result["torch"] = torch.__version__
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
-    OUT.chmod(0o644)
+    settings_list = list({json.dumps({**BASE, **change}, sort_keys=True): {**BASE, **change}
+                          for changes in SWEEPS.values() for change in changes}.values())
+    done: dict[str, list[dict]] = {}
+    for i, seed in enumerate(seeds):
+        for settings in settings_list:
+            result = run(settings, seed, train, held)
+            done.setdefault(json.dumps(settings, sort_keys=True), []).append(result)
+            print(seed, json.dumps({**settings, **{k: v for k, v in result.items() if k != "correct"}}), flush=True)
+        if i >= 1:  # a spread needs two seeds; rewrite after every seed so a stopped run keeps what it measured
+            write(seeds[:i + 1], done, held)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from importlib import resources
 
 import pytest
 
@@ -188,10 +187,11 @@ def _decision(page, cells):
 def _rank(page, cells):
     from transformers import AutoConfig
 
+    from course_lib.data import load_measurement
     from course_lib.memory import TransformerShape
     from course_lib.models import cache_dir
     from course_lib.widgets import lora_summary
-    sweep = json.loads((resources.files("course_lib") / "data" / "measurements" / "lora_sweep.json").read_text())
+    sweep = load_measurement("lora_sweep.json", announce=False)
     _, area = _widget_cell(page, cells, "lora_rank_explorer(")
     _shot(area, "03_rank_explorer-before")
     shape = TransformerShape.from_config(AutoConfig.from_pretrained(cache_dir()), name="SmolLM2-135M")
@@ -208,10 +208,11 @@ def _rank(page, cells):
 
 
 def _bits(page, cells):
+    from course_lib.data import load_measurement
     from course_lib.models import load_default_model
     from course_lib.quant import fake_quantize
     from course_lib.widgets import quantization_snr_db
-    measured = json.loads((resources.files("course_lib") / "data" / "measurements" / "quant_smollm2.json").read_text())
+    measured = load_measurement("quant_smollm2.json", announce=False)
     _, area = _widget_cell(page, cells, "bitwidth_explorer(")
     _shot(area, "04_bitwidth_explorer-before")
     _set_slider(area, "bits", 8)

@@ -181,3 +181,7 @@ def test_paired_over_seeds_pairs_each_seed_and_summarises_the_differences():
     assert out["difference"]["mean"] == pytest.approx(0.25) and out["difference"]["sd"] == pytest.approx(0.25)
     with pytest.raises(ValueError, match="per seed"):
         metrics.paired_over_seeds(a, b[:2])
+    with pytest.raises(ValueError, match="per seed"):
+        metrics.paired_over_seeds([], [])
+    one = metrics.paired_over_seeds(a[:1], b[:1])  # one seed: its paired test, no spread
+    assert one == {"per_seed": out["per_seed"][:1]}

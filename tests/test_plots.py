@@ -60,10 +60,15 @@ def test_evaluation_plots_show_their_data():
 def test_lora_sweep_plot_shows_each_setting():
     run = lambda **kw: {"r": 8, "alpha": 16, "lr": 1e-3, "targets": ["q_proj", "v_proj"], "train_seconds": 80.0,
                         "validation_accuracy": 0.9, **kw}
-    fig = plot_lora_sweep({"rank": [run(r=1, validation_accuracy=0.5), run()],
+    seeds = [{"validation_accuracy": a} for a in (0.4, 0.5, 0.6)]
+    fig = plot_lora_sweep({"rank": [run(r=1, validation_accuracy=0.5, runs=seeds), run()],
                            "targets": [run(), run(targets=["q_proj", "k_proj", "v_proj"], train_seconds=150.0)]})
     rank_ax, targets_ax = fig.axes
     assert list(rank_ax.get_lines()[0].get_ydata()) == [0.5, 0.9]
+    assert list(rank_ax.get_lines()[1].get_ydata()) == [0.4, 0.5, 0.6]  # each seed of rank 1, and only there
+    assert len(rank_ax.get_lines()) == 2 and len(targets_ax.get_lines()) == 1
+    (bar,) = rank_ax.collections  # the seeds' range
+    assert [list(map(list, seg)) for seg in bar.get_segments()] == [[[0, 0.4], [0, 0.6]]]
     assert [t.get_text() for t in rank_ax.get_xticklabels()] == ["1", "8"]
     assert [t.get_text() for t in targets_ax.get_xticklabels()] == ["q_proj+v_proj", "all linear"]
     assert [t.get_text() for t in targets_ax.texts] == ["80 s", "150 s"]

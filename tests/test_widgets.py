@@ -35,13 +35,15 @@ def test_sliders_update_the_table(tiny):
 def test_rank_slider_shows_the_measured_run_at_that_rank(tiny):
     model, _ = tiny
     shape = TransformerShape.from_config(model.config, name="tiny")
-    measured = {8: {"validation_accuracy": 0.911, "train_seconds": 80.4}, 64: {"validation_accuracy": 0.9, "train_seconds": 95}}
+    spread = {"n": 3, "mean": 0.9, "sd": 0.03, "min": 0.867, "max": 0.933}
+    measured = {8: {"validation_accuracy": 0.911, "train_seconds": 80.4},
+                64: {"validation_accuracy": 0.9, "train_seconds": 95, "validation_accuracy_spread": spread}}
     rank, _, table = lora_rank_explorer(shape, r=8, alpha=16, measured=measured).children
     assert "validation accuracy 91.1%, training 80 s" in table.value
     rank.value = 12
     assert "not measured at this rank (measured: 8, 64)" in table.value
     rank.value = 64
-    assert "validation accuracy 90.0%, training 95 s" in table.value
+    assert "validation accuracy 90.0% (mean of 3 seeds, 86.7% to 93.3%), training 95 s" in table.value
 
 
 def test_bitwidth_explorer_recomputes(monkeypatch):
