@@ -13,14 +13,7 @@ import builtins
 
 import nbformat
 
-SKIP_TAG = "skip-grading"
-
-
-def is_skipped(cell) -> bool:
-    """Whether a (released, trusted) cell is marked as not needed for grading."""
-    tags = cell.get("metadata", {}).get("tags", [])
-    return cell.get("cell_type") == "code" and isinstance(tags, list) and SKIP_TAG in tags
-
+from .cells import is_skipped
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp,
            ast.DictComp, ast.GeneratorExp)

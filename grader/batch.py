@@ -19,20 +19,18 @@ import nbformat
 import torch
 from tqdm.auto import tqdm
 
-from .gradebook import DEFAULT_COURSE, SOLUTIONS, GraderError, export, open_course, record, release
+from .gradebook import export, open_course, record, release
+from .paths import DEFAULT_COURSE, SOLUTIONS, GraderError
 from .rebuild import solved
-from .report import feedback_html, problems_html, write_csv, write_summary
-from .run import grade_one
+from .report import write_reports
+from .run import Task, grade_one
 from .sandbox import Limits, SandboxUnavailable, bwrap, run_folder, sweep_stale
 from .submissions import find_submissions, unpack
-from .verdicts import Exercise, Result, blank_verdicts
+from .results import Exercise, Result
+from .verdicts import blank_verdicts
 
 SHARDS = "shards"  # the folder under --out where each shard writes its results
 CANARY = "(the course's own solution)"  # not a valid student id: it can never be a learner's
-
-
-def _grade_task(task: tuple) -> Result:
-    return grade_one(*task)
 
 
 def _start_worker() -> None:
@@ -56,26 +54,27 @@ def workers(jobs: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _run_tasks(tasks: list[tuple], jobs: int, progress: bool) -> list[Result]:
+def _run_tasks(tasks: list[Task], jobs: int, progress: bool) -> list[Result]:
     """Grade every task, in this process or ``jobs`` forked workers. A worker that dies (or any failure outside
     :func:`grade_one`, which never raises) costs only its own submissions: they come back as problems."""
     results: list[Result] = []
     bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
     if jobs == 1 or len(tasks) <= 1:
         for task in tasks:
-            results.append(_grade_task(task))
+            results.append(grade_one(task))
             bar.update()
     else:
         with workers(jobs) as pool:
-            futures = [pool.submit(_grade_task, task) for task in tasks]
+            futures = [pool.submit(grade_one, task) for task in tasks]
             for task, future in zip(tasks, futures):
                 try:
                     results.append(future.result())
                 except Exception as err:
-                    failed = Result(task[0], task[1], problem="the grader's worker failed while grading this "
+                    failed = Result(task.student, task.notebook, problem="the grader's worker failed while grading this "
                                     "notebook; tell your instructor",
                                     infrastructure=f"worker failed ({type(err).__name__})")
-                    failed.exercises = blank_verdicts(nbformat.read(task[4], as_version=4), "Not graded: " + failed.problem)
+                    failed.exercises = blank_verdicts(nbformat.read(task.solution, as_version=4),
+                                                      "Not graded: " + failed.problem)
                     results.append(failed)
                 bar.update()
     bar.close()
@@ -133,7 +132,7 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
             raise GraderError(f"no course notebooks found under {submissions}")
         problems_by_student: dict[str, list[str]] = {}
         for problem in problems:
-            problems_by_student.setdefault(problem.split("/")[0].split(":")[0], []).append(problem)
+            problems_by_student.setdefault(problem.student, []).append(problem.text)
         if shard is not None:
             k, n = shard
             found = [s for s in found if shard_of(s.student, n) == k]
@@ -150,11 +149,11 @@ def grade(submissions: Path, out: Path, course: Path = DEFAULT_COURSE, jobs: int
             canary = solved(nbformat.read(released[name], as_version=4),
                             nbformat.read(solutions / f"{name}.ipynb", as_version=4))
             nbformat.write(canary, work / "canary" / f"{name}.ipynb")
-        tasks = [(CANARY, name, work / "canary" / f"{name}.ipynb", released[name], solutions / f"{name}.ipynb",
-                  run_root, limits, sandboxed, None) for name in names]
+        tasks = [Task(CANARY, name, work / "canary" / f"{name}.ipynb", released[name], solutions / f"{name}.ipynb",
+                      run_root, limits, sandboxed) for name in names]
         staged = work / "executed"  # the executed notebooks wait here until the canaries have passed
-        tasks += [(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
-                   run_root, limits, sandboxed, staged / s.student / s.assignment / f"{s.assignment}.ipynb")
+        tasks += [Task(s.student, s.assignment, s.path, released[s.assignment], solutions / f"{s.assignment}.ipynb",
+                       run_root, limits, sandboxed, staged / s.student / s.assignment / f"{s.assignment}.ipynb")
                   for s in found]
         results = _run_tasks(tasks, jobs, progress)
         canaries, results = results[:len(names)], results[len(names):]
@@ -255,26 +254,3 @@ def merge(out: Path, course: Path = DEFAULT_COURSE, solutions: Path = SOLUTIONS)
         release(api, names, solutions)  # the assignments must exist in this gradebook
     finish(api, out, results, students, problems, rejected, names)
     return results
-
-
-def write_reports(results: list[Result], students: list[str], problems_by_student: dict[str, list[str]],
-                  rejected: list[str], out: Path) -> None:
-    """Feedback pages, problems pages, grades.csv, summary.md and scores.json under ``out``."""
-    feedback_dir = out / "feedback"
-    shutil.rmtree(feedback_dir, ignore_errors=True)
-    for r in results:
-        target = feedback_dir / r.student / f"{r.notebook}.html"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(feedback_html(r), encoding="utf-8")
-    for student, items in problems_by_student.items():
-        (feedback_dir / student).mkdir(parents=True, exist_ok=True)
-        (feedback_dir / student / "problems.html").write_text(problems_html(student, items), encoding="utf-8")
-    if rejected:
-        (out / "problems.html").write_text(problems_html("this batch (no student)", rejected), encoding="utf-8")
-    elif (out / "problems.html").exists():
-        (out / "problems.html").unlink()
-    write_csv(results, students, out / "grades.csv")
-    write_summary(results, out, rejected)
-    summary = {f"{r.student}/{r.notebook}": {**{e.grade_id: e.points for e in r.exercises}, "total": r.score}
-               for r in results}
-    (out / "scores.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

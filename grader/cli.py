@@ -21,11 +21,10 @@ from pathlib import Path
 
 import nbformat
 
-
 from .authoring import skip_problems
 from .batch import grade, merge, parse_shard
-from .gradebook import (DEFAULT_COURSE, ROOT, SOLUTIONS, GraderError, assignment_names, export, generate,
-                        open_course, stale_notebooks)
+from .gradebook import export, generate, open_course, stale_notebooks
+from .paths import DEFAULT_COURSE, ROOT, SOLUTIONS, GraderError, assignment_names
 from .publish import differences, publish
 from .references import unavailable_problems
 from .sandbox import Limits

@@ -18,23 +18,8 @@ from nbgrader.plugins import CsvExportPlugin
 from sqlalchemy.exc import SAWarning
 from traitlets.config import Config, PyFileConfigLoader
 
-
-from .verdicts import Result
-
-ROOT = Path(__file__).resolve().parents[1]
-SOLUTIONS = ROOT / "solutions"
-NOTEBOOKS = ROOT / "notebooks"
-CONFIG_FILE = Path(__file__).resolve().with_name("nbgrader_config.py")
-DEFAULT_COURSE = ROOT / "grader" / "course"
-
-
-class GraderError(RuntimeError):
-    """A grading step failed; the message says which and why."""
-
-
-def assignment_names(solutions: Path = SOLUTIONS) -> list[str]:
-    """The course's notebooks, by name (one nbgrader assignment each)."""
-    return sorted(p.stem for p in solutions.glob("*.ipynb"))
+from .paths import CONFIG_FILE, DEFAULT_COURSE, NOTEBOOKS, SOLUTIONS, GraderError, assignment_names
+from .results import Result
 
 
 def load_config(course: Path) -> Config:

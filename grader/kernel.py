@@ -29,25 +29,15 @@ import course_lib
 from course_lib import wire
 from course_lib.models import cache_dir
 
-from .authoring import is_skipped
+from .cells import is_skipped
+from .results import safe_text
 from .sandbox import Limits, Sandbox
 
 MAX_KERNEL_MESSAGE = wire.MAX_MESSAGE_BYTES * 2  # one message from a kernel (an answer is base64: 4/3 of its bytes)
 SKIPPED_OUTPUT = "[not run when grading: the course marks this cell as not needed for grading]\n"
 TESTS_OUTPUT = "[these tests ran in the grader, outside your kernel: see the feedback for their result]\n"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 KEPT_MIME = ("text/plain", "image/png", "image/jpeg")  # what an instructor's browser may render of learner outputs
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
-
-
-def safe_text(value: object, limit: int = 20_000) -> str:
-    """Any value as text that every writer accepts (HTML, CSV, JSON, notebook, SQLite, terminal): lone
-    surrogates and undecodable bytes replaced, terminal escapes and control characters (but newline and tab)
-    removed, at most ``limit`` characters."""
-    text = value if isinstance(value, str) else str(value)
-    text = text[:limit * 2].encode("utf-8", "replace").decode("utf-8")
-    return _CONTROL.sub("", _ANSI.sub("", text))[:limit]
 
 
 def sanitize_outputs(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:

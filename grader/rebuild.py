@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell
 
+from .cells import grade_id
 
 
 MAX_NOTEBOOK_BYTES = 20 * 2**20
@@ -49,12 +50,6 @@ def read_submission(path: Path) -> nbformat.NotebookNode:
     if not isinstance(nb.get("cells"), list):
         raise SubmissionError(f"{path.name} has no list of cells")
     return nb
-
-
-def grade_id(cell) -> str | None:
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    gid = meta.get("grade_id") if isinstance(meta, dict) else None
-    return gid if isinstance(gid, str) else None
 
 
 def solved(release: nbformat.NotebookNode, solution: nbformat.NotebookNode) -> nbformat.NotebookNode:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import course_lib
 
-from .authoring import is_skipped
+from .cells import is_skipped
 
 PACKAGE = Path(course_lib.__file__).resolve().parent
 UNAVAILABLE_ERROR = "NotAvailableWhileGrading"  # the type name a call that reached a removed reference raises

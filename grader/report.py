@@ -1,14 +1,17 @@
-"""What grading writes: one feedback page per student and notebook, the wide grades CSV, a summary."""
+"""What grading writes: one feedback page per student and notebook, the problems pages, the wide grades CSV, a
+summary and the scores (:func:`write_reports` writes them all under one folder)."""
 from __future__ import annotations
 
 import csv
 import html
+import json
 import re
+import shutil
 import statistics
 from collections import Counter
 from pathlib import Path
 
-from .run import Result
+from .results import Result
 
 STYLE = ("body{font-family:sans-serif;max-width:60rem;margin:2rem auto;line-height:1.4}"
          "table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.4rem;text-align:left;"
@@ -129,3 +132,26 @@ def write_summary(results: list[Result], out: Path, rejected: list[str] = ()) ->
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def write_reports(results: list[Result], students: list[str], problems_by_student: dict[str, list[str]],
+                  rejected: list[str], out: Path) -> None:
+    """Feedback pages, problems pages, grades.csv, summary.md and scores.json under ``out``."""
+    feedback_dir = out / "feedback"
+    shutil.rmtree(feedback_dir, ignore_errors=True)
+    for r in results:
+        target = feedback_dir / r.student / f"{r.notebook}.html"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(feedback_html(r), encoding="utf-8")
+    for student, items in problems_by_student.items():
+        (feedback_dir / student).mkdir(parents=True, exist_ok=True)
+        (feedback_dir / student / "problems.html").write_text(problems_html(student, items), encoding="utf-8")
+    if rejected:
+        (out / "problems.html").write_text(problems_html("this batch (no student)", rejected), encoding="utf-8")
+    elif (out / "problems.html").exists():
+        (out / "problems.html").unlink()
+    write_csv(results, students, out / "grades.csv")
+    write_summary(results, out, rejected)
+    summary = {f"{r.student}/{r.notebook}": {**{e.grade_id: e.points for e in r.exercises}, "total": r.score}
+               for r in results}
+    (out / "scores.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

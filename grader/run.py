@@ -21,30 +21,46 @@ import functools
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
-from .authoring import is_skipped
 from .bounded import Overrun, in_child, memory_bound
 from .kernel import KernelSession, sanitize_outputs
-from .rebuild import SubmissionError, grade_id, read_submission, rebuild
+from .cells import grade_id, is_skipped
+from .rebuild import SubmissionError, read_submission, rebuild
 from .references import Removal, declared, removal
 from .sandbox import Limits, Sandbox
-from .verdicts import Result, blank_verdicts, decide, reference_uses
+from .results import Result
+from .verdicts import blank_verdicts, decide, reference_uses
 
 
-def grade_one(student: str, notebook: str, path: Path, release: Path, solution: Path, work: Path,
-              limits: Limits, sandboxed: bool, executed_to: Path | None = None) -> Result:
+@dataclass(frozen=True)
+class Task:
+    """One notebook to grade: whose and which, the submitted file, the release and solution it is graded against,
+    and how. ``work``: a grader-owned folder for the kernel's private files. ``executed_to``: where to keep the
+    executed notebook (for the instructor; no hidden tests, outputs sanitized)."""
+    student: str
+    notebook: str
+    path: Path
+    release: Path
+    solution: Path
+    work: Path
+    limits: Limits
+    sandboxed: bool
+    executed_to: Path | None = None
+
+
+def grade_one(task: Task) -> Result:
     """Everything for one submission; never raises (the Result says what happened, a submission that broke the
-    grader included). ``work``: a grader-owned folder for the kernel's private files. ``executed_to``: where
-    to keep the executed notebook (for the instructor; no hidden tests, outputs sanitized)."""
+    grader included)."""
     start = time.monotonic()
-    result = Result(student, notebook)
-    solution_nb = nbformat.read(solution, as_version=4)
+    result = Result(task.student, task.notebook)
+    solution_nb = nbformat.read(task.solution, as_version=4)
     try:
-        _grade_into(result, path, nbformat.read(release, as_version=4), solution_nb, work, limits, sandboxed,
-                    executed_to)
+        _grade_into(result, task.path, nbformat.read(task.release, as_version=4), solution_nb, task.work, task.limits,
+                    task.sandboxed, task.executed_to)
     except Exception as err:  # whatever a submission does, it is this submission's problem, not the class's
         result.problem = f"the grader could not grade this notebook ({type(err).__name__}); tell your instructor"
         result.exercises = blank_verdicts(solution_nb, "Not graded: " + result.problem)

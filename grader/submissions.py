@@ -10,15 +10,21 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .paths import SOLUTIONS, GraderError, assignment_names
 
-
-from .gradebook import SOLUTIONS, GraderError, assignment_names
 
 @dataclass(frozen=True)
 class Submission:
     student: str
     assignment: str
     path: Path
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why something of a student's was not graded; ``text`` is the message shown (it names the file)."""
+    student: str
+    text: str
 
 
 STUDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # what a student folder may be called
@@ -29,9 +35,9 @@ def shown(name: str) -> str:
     return ascii(name)[:120]
 
 
-def find_submissions(folder: Path, solutions: Path = SOLUTIONS) -> tuple[list[Submission], list[str], list[str]]:
+def find_submissions(folder: Path, solutions: Path = SOLUTIONS) -> tuple[list[Submission], list[Problem], list[str]]:
     """``<student>/<notebook>.ipynb`` files under ``folder`` that name a course notebook; problems of students
-    (``"<student>: ..."``: unknown notebook names, no notebook), and problems of the batch that belong to no
+    (:class:`Problem`: unknown notebook names, links, no notebook), and problems of the batch that belong to no
     student (a folder whose name is not a safe student id, links, files outside a student folder). Nothing is
     followed through a link."""
     if not folder.is_dir():
@@ -53,13 +59,15 @@ def find_submissions(folder: Path, solutions: Path = SOLUTIONS) -> tuple[list[Su
         notebooks = sorted(path.glob("*.ipynb"))
         for nb in notebooks:
             if nb.is_symlink():
-                problems.append(f"{path.name}/{shown(nb.name)}: a link, not a notebook; not graded")
+                problems.append(Problem(path.name, f"{path.name}/{shown(nb.name)}: a link, not a notebook; not graded"))
             elif nb.stem in known:
                 found.append(Submission(path.name, nb.stem, nb))
             else:
-                problems.append(f"{path.name}/{shown(nb.name)}: not a course notebook (expected one of {sorted(known)})")
+                problems.append(Problem(path.name, f"{path.name}/{shown(nb.name)}: not a course notebook "
+                                        f"(expected one of {sorted(known)})"))
         if not notebooks:
-            problems.append(f"{path.name}: no notebook in this folder (expected one of {sorted(known)} .ipynb)")
+            problems.append(Problem(path.name, f"{path.name}: no notebook in this folder "
+                                    f"(expected one of {sorted(known)} .ipynb)"))
     return found, problems, rejected
 
 

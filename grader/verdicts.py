@@ -15,7 +15,6 @@ import contextlib
 import io
 import re
 import traceback
-from dataclasses import dataclass, field
 
 import nbformat
 import torch
@@ -23,54 +22,12 @@ import torch
 from course_lib import wire
 from course_lib.grading import GradingError
 
-from .kernel import KernelSession, LearnerCallError, safe_text
-from .rebuild import grade_id
+from .cells import grade_id, setup_cell
+from .kernel import KernelSession, LearnerCallError
+from .results import Exercise, safe_text
 from .references import UNAVAILABLE_ERROR
 
 HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS\n?", re.S)
-
-
-@dataclass
-class Exercise:
-    """The verdict on one exercise, decided outside the learner's kernel."""
-    grade_id: str
-    points: float
-    max_points: float
-    passed: bool
-    message: str = ""
-    output: str = ""  # what the learner's kernel printed for the visible tests (escaped when shown)
-
-    @property
-    def name(self) -> str:
-        """The exercise's name: its test cell's grade id without ``_tests``."""
-        return self.grade_id.removesuffix("_tests")
-
-
-@dataclass
-class Result:
-    student: str
-    notebook: str
-    exercises: list[Exercise] = field(default_factory=list)
-    problem: str = ""       # why nothing could be graded, if so (for the learner)
-    notes: list[str] = field(default_factory=list)  # what the grader changed or stopped
-    seconds: float = 0.0
-    infrastructure: str = ""  # the machine failed, not the submission (for the instructor)
-
-    def made_safe(self) -> "Result":
-        """Every text made safe for every writer (see :func:`safe_text`): much of it came from the kernel."""
-        self.problem, self.infrastructure = safe_text(self.problem), safe_text(self.infrastructure)
-        self.notes = [safe_text(n, 2000) for n in self.notes]
-        for ex in self.exercises:
-            ex.message, ex.output = safe_text(ex.message, 5000), safe_text(ex.output)
-        return self
-
-    @property
-    def score(self) -> float:
-        return sum(e.points for e in self.exercises)
-
-    @property
-    def max_score(self) -> float:
-        return sum(e.max_points for e in self.exercises)
 
 
 class _Linked(torch.autograd.Function):
@@ -243,7 +200,7 @@ def probes(solution: nbformat.NotebookNode) -> dict[str, dict]:
 
 def setup_source(solution: nbformat.NotebookNode) -> str:
     """The set-up cell's source: the imports the tests (and the probes) run after."""
-    return next(c.source for c in solution.cells if c.cell_type == "code" and "from course_lib import" in c.source)
+    return setup_cell(solution).source
 
 
 def decide(solution: nbformat.NotebookNode, uses: dict[str, list[str]], session: KernelSession) -> list[Exercise]:

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from grader.batch import grade  # noqa: E402
-from grader.gradebook import SOLUTIONS, assignment_names, open_course, release  # noqa: E402
+from grader.gradebook import open_course, release  # noqa: E402
+from grader.paths import SOLUTIONS, assignment_names  # noqa: E402
 from grader.rebuild import solved  # noqa: E402
 from grader.sandbox import Limits  # noqa: E402
 

@@ -2,8 +2,9 @@
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from grader.authoring import SKIP_TAG, is_skipped, skip_problems
-from grader.gradebook import assignment_names
+from grader.authoring import skip_problems
+from grader.cells import SKIP_TAG, is_skipped
+from grader.paths import assignment_names
 from notebook_tools import ROOT, read
 
 

@@ -12,7 +12,7 @@ import venv
 
 import pytest
 
-from grader.gradebook import assignment_names
+from grader.paths import assignment_names
 from notebook_tools import ROOT, read
 
 PUBLISHED = 'COURSE_LIB_SOURCE = "git+https://github.com/fine-tuning-llms/course.git"'

@@ -514,7 +514,7 @@ def test_reading_a_submission_past_its_bounds_is_a_problem_entry(tmp_path):
     # submission is reported, not graded, and the grader goes on (no kernel was started).
     import dataclasses
 
-    from grader.run import grade_one
+    from grader.run import Task, grade_one
     from grader.sandbox import run_folder
 
     solutions = tmp_path / "solutions"
@@ -523,8 +523,8 @@ def test_reading_a_submission_past_its_bounds_is_a_problem_entry(tmp_path):
     _write(tmp_path / "subs", "bomb", nbformat.read(released_path, 4), _answers(total=GOOD_SUM + "\n" + STATIC_BOMB * 3))
     run_root = run_folder()
     try:
-        result = grade_one("bomb", NAME, tmp_path / "subs" / "bomb" / f"{NAME}.ipynb", released_path,
-                           solutions / f"{NAME}.ipynb", run_root, dataclasses.replace(LIMITS, examine_s=1), True)
+        result = grade_one(Task("bomb", NAME, tmp_path / "subs" / "bomb" / f"{NAME}.ipynb", released_path,
+                                solutions / f"{NAME}.ipynb", run_root, dataclasses.replace(LIMITS, examine_s=1), True))
     finally:
         shutil.rmtree(run_root, ignore_errors=True)
     assert result.score == 0 and "could not read this notebook within its limits" in result.problem, result.problem
@@ -533,7 +533,7 @@ def test_reading_a_submission_past_its_bounds_is_a_problem_entry(tmp_path):
 
 def test_raw_writes_to_stdout_never_reach_the_instructors_terminal(tmp_path, capfd):
     # Writes below IPython (os.write on fd 1 and 2) bypass the notebook's output budget; they must go nowhere.
-    from grader.run import grade_one
+    from grader.run import Task, grade_one
     from grader.sandbox import run_folder
 
     solutions = tmp_path / "solutions"
@@ -544,8 +544,8 @@ def test_raw_writes_to_stdout_never_reach_the_instructors_terminal(tmp_path, cap
     capfd.readouterr()
     run_root = run_folder()
     try:
-        result = grade_one("flood", NAME, tmp_path / "subs" / "flood" / f"{NAME}.ipynb", released_path,
-                           solutions / f"{NAME}.ipynb", run_root, LIMITS, True)
+        result = grade_one(Task("flood", NAME, tmp_path / "subs" / "flood" / f"{NAME}.ipynb", released_path,
+                                solutions / f"{NAME}.ipynb", run_root, LIMITS, True))
     finally:
         shutil.rmtree(run_root, ignore_errors=True)
     captured = capfd.readouterr()

@@ -10,7 +10,9 @@ from nbclient.exceptions import CellExecutionError
 
 from course_lib.sft import IGNORE_INDEX
 from course_lib.grading import GradingError
-from grader.gradebook import assignment_names, stale_notebooks
+from grader.cells import setup_cell
+from grader.gradebook import stale_notebooks
+from grader.paths import assignment_names
 from notebook_tools import ROOT, grade_cells, hidden_regions, read
 
 NAMES = assignment_names()
@@ -104,7 +106,7 @@ def _run_tests(smollm2, name, exercise, wrong=None):
     reference solution defined, and ``wrong`` in place of the exercise's function(s) if given."""
     solution = read(ROOT / "solutions" / f"{name}.ipynb")
     ns = {}
-    imports = next(c for c in solution.cells if c.cell_type == "code" and "from course_lib import" in c.source)
+    imports = setup_cell(solution)
     exec(imports.source, ns)
     ns["model"], ns["tokenizer"] = smollm2
     cells = grade_cells(solution)
