@@ -62,7 +62,7 @@ LLAMA_SHAPES = {
 
 def weight_memory_gb(shape: TransformerShape, bits: float) -> float:
     """GB (1e9 bytes) to hold every parameter at ``bits`` bits each (e.g. 16 FP16, 8 INT8, 4.127 NF4+DQ)."""
-    return parameter_count(shape) * bits / 8 / 1e9
+    return parameter_count(shape) * bits / 8 / GB
 
 
 def linear_shapes(shape: TransformerShape) -> dict[str, tuple[int, int]]:

@@ -6,8 +6,9 @@ c.CourseDirectory.course_id = "fine-tuning-llms"
 # One assignment per notebook: source/<name>/<name>.ipynb, submitted/<student>/<name>/<name>.ipynb.
 c.CourseDirectory.notebook_id = "*"
 
-# Notebooks fine-tune a real model on CPU: one cell may train for a few minutes.
-c.Execute.timeout = 900
+# Notebooks fine-tune a real model on CPU: one cell may train for a few minutes. The same limit as the course's
+# grader (grader.sandbox.Limits.cell_timeout_s; tests/test_grader.py checks that the two agree).
+c.Execute.timeout = 600
 c.Execute.kernel_name = "python3"
 
 # A submission that deleted a test cell gets the instructor's copy back instead of "needs manual grade".

@@ -28,6 +28,7 @@ class Problem:
 
 
 STUDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # what a student folder may be called
+MAX_UNPACKED_BYTES = 2 * 2**30  # a zip of submissions may unpack to at most this
 
 
 def shown(name: str) -> str:
@@ -71,7 +72,7 @@ def find_submissions(folder: Path, solutions: Path = SOLUTIONS) -> tuple[list[Su
     return found, problems, rejected
 
 
-def unpack(source: Path, target: Path, max_bytes: int = 2 * 2**30) -> Path:
+def unpack(source: Path, target: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
     """A folder of submissions, or a zip of one unpacked safely into ``target`` (no absolute paths, no '..', no
     links, at most ``max_bytes`` in all); a zip holding a single top folder is entered."""
     if source.is_dir():

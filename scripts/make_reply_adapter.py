@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from course_lib import align, lora, sft  # noqa: E402
 from course_lib.data import load_preferences, reply_adapter_path  # noqa: E402
-from course_lib.models import load_default_model, use_cores  # noqa: E402
+from course_lib.models import DEFAULT_MODEL_ID, load_default_model, use_cores  # noqa: E402
 
 RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 100, "batch_size": 8, "lr": 1e-3,
           "seed": 0}
@@ -38,7 +38,7 @@ def main() -> None:
     history = sft.train_sft(model, examples, tokenizer.pad_token_id, steps=RECIPE["steps"],
                                  batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], seed=RECIPE["seed"])
     seconds = time.perf_counter() - start
-    folder = lora.save_adapter(model, reply_adapter_path(), base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    folder = lora.save_adapter(model, reply_adapter_path(), base_model_name_or_path=DEFAULT_MODEL_ID)
     for path in folder.iterdir():
         path.chmod(0o644)
     record = {"recipe": RECIPE, "train_examples": len(examples), "train_seconds": round(seconds, 1),

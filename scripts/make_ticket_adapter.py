@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from course_lib import classify, lora  # noqa: E402
 from course_lib.data import load_tickets, ticket_adapter_path  # noqa: E402
-from course_lib.models import load_default_model, use_cores  # noqa: E402
+from course_lib.models import DEFAULT_MODEL_ID, load_default_model, use_cores  # noqa: E402
 
 RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 60, "batch_size": 8, "lr": 1e-3,
           "seed": 0}
@@ -42,7 +42,7 @@ def main() -> None:
     history, seconds = train_adapter(model, tokenizer, load_tickets("train"))
     test = load_tickets("test")
     accuracy = classify.evaluate(model, tokenizer, test)
-    folder = lora.save_adapter(model, ticket_adapter_path(), base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    folder = lora.save_adapter(model, ticket_adapter_path(), base_model_name_or_path=DEFAULT_MODEL_ID)
     record = {"recipe": RECIPE, "train_seconds": round(seconds, 1), "final_loss": history["loss"][-1],
               "test_accuracy": accuracy, "test_size": len(test), "torch": torch.__version__}
     (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from course_lib import classify, lora  # noqa: E402
 from course_lib.data import load_tickets  # noqa: E402
-from course_lib.models import load_default_model  # noqa: E402
+from course_lib.models import DEFAULT_MODEL_ID, load_default_model  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
                                         lr=1e-3, seed=0, accelerator=accelerator,
                                         progress=accelerator.is_main_process)
     if accelerator.is_main_process:
-        lora.save_adapter(model, args.out, base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+        lora.save_adapter(model, args.out, base_model_name_or_path=DEFAULT_MODEL_ID)
         (args.out / "history.json").write_text(json.dumps({"processes": accelerator.num_processes,
                                                            "loss": history["loss"]}))
 

@@ -353,3 +353,10 @@ def test_shards_graded_side_by_side_merge_into_what_one_run_writes(tmp_path):
         assert (tmp_path / "sharded" / name).read_text() == (tmp_path / "one" / name).read_text(), name
     pages = lambda out: sorted(str(p.relative_to(out)) for p in (out / "feedback").rglob("*.html"))
     assert pages(tmp_path / "sharded") == pages(tmp_path / "one") and "feedback/s1/problems.html" in pages(tmp_path / "one")
+
+
+def test_nbgrader_and_the_sandbox_agree_on_the_cell_timeout(tmp_path):
+    # an instructor who runs nbgrader's own autograde gets the limit the course's grader enforces
+    from grader.gradebook import load_config
+    from grader.sandbox import Limits
+    assert load_config(tmp_path).Execute.timeout == Limits().cell_timeout_s
