@@ -82,3 +82,13 @@ def break_even_requests(fixed_cost: float, cost_per_request_a: float, cost_per_r
     fixed / (a - b); infinite when B's requests are not cheaper."""
     saving = cost_per_request_a - cost_per_request_b
     return math.inf if saving <= 0 else fixed_cost / saving
+
+
+def monthly_costs(requests: float, prompt_tokens: int, rag_tokens: int, finetuned_tokens: int, training: float,
+                  cost: CostModel = CostModel(), months: float = 12) -> dict[str, float]:
+    """Dollars per month of each option at ``requests`` a month: a (few-shot) prompt on the base model, the
+    same prompt plus ``rag_tokens`` of retrieved text, and a short prompt on a fine-tune whose one-off
+    ``training`` cost is spread over ``months``."""
+    return {"prompt engineering": cost.monthly(requests, prompt_tokens),
+            "RAG": cost.monthly(requests, prompt_tokens + rag_tokens),
+            "fine-tuning": cost.monthly(requests, finetuned_tokens, finetuned=True, training=training, months=months)}

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .lora import lora_parameter_count
+from .lora import lora_parameter_count, lora_scaling
 
 GB = 1e9
+MB = 1e6
 BYTES_PER_TRAINED_PARAM = 2 + 2 + 4 + 8  # fp16 weight + fp16 grad + fp32 master + Adam m and v
 NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 absmaxes
 
@@ -112,3 +113,20 @@ def finetune_memory_gb(shape: TransformerShape, method: str, r: int = 8,
     else:
         raise ValueError(f"method must be 'full', 'lora' or 'qlora', got {method!r}")
     return {"frozen_weights": frozen / GB, "trained_state": trained / GB, "total": (frozen + trained) / GB}
+
+
+ADAPTER_BYTES_PER_PARAM = 4  # adapters are saved in fp32
+
+
+def lora_summary(shape: TransformerShape, r: int, alpha: float,
+                 targets: tuple[str, ...] = ("q_proj", "v_proj")) -> dict[str, float]:
+    """What a rank-``r`` adapter means for ``shape``, and for a 7B model, computed from the shapes."""
+    trainable = lora_trainable(shape, r, targets)
+    total = parameter_count(shape) + trainable
+    return {"r": r, "alpha": alpha, "scaling": lora_scaling(alpha, r), "trainable": trainable,
+            "total": total, "percent": 100 * trainable / total,
+            "adapter_mb": trainable * ADAPTER_BYTES_PER_PARAM / MB,
+            "llama7b_trainable": lora_trainable(LLAMA2_7B, r, targets),
+            "llama7b_lora_gb": finetune_memory_gb(LLAMA2_7B, "lora", r, targets)["total"],
+            "llama7b_qlora_gb": finetune_memory_gb(LLAMA2_7B, "qlora", r, targets)["total"],
+            "llama7b_full_gb": finetune_memory_gb(LLAMA2_7B, "full")["total"]}

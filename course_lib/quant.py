@@ -437,3 +437,9 @@ def _bnb_constant_bytes(weight: torch.Tensor) -> int:
     if not state.nested:
         return size(state.absmax)
     return size(state.absmax) + size(state.state2.absmax) + size(state.offset)
+
+
+def quantization_snr_db(w, w_hat) -> float:
+    """Signal-to-noise ratio of a quantized tensor in dB: 10 log10(sum w^2 / sum (w - w_hat)^2)."""
+    noise = float(((w.float() - w_hat.float()) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * math.log10(float((w.float() ** 2).sum()) / noise)

@@ -9,28 +9,10 @@ from collections.abc import Sequence
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
-from .decision import PRICE_SHEETS, CostModel, break_even_requests, recommend
-from .lora import lora_scaling
+from .decision import PRICE_SHEETS, CostModel, break_even_requests, monthly_costs, recommend
 from .metrics import win_rate
-from .quant import fake_quantize
-from .memory import LLAMA2_7B, TransformerShape, finetune_memory_gb, lora_trainable, parameter_count
-
-ADAPTER_BYTES_PER_PARAM = 4  # adapters are saved in fp32
-
-
-def lora_summary(shape: TransformerShape, r: int, alpha: float,
-                 targets: tuple[str, ...] = ("q_proj", "v_proj")) -> dict[str, float]:
-    """What a rank-``r`` adapter means for ``shape``, and for a 7B model, computed from the shapes."""
-    trainable = lora_trainable(shape, r, targets)
-    total = parameter_count(shape) + trainable
-    return {"r": r, "alpha": alpha, "scaling": lora_scaling(alpha, r), "trainable": trainable,
-            "total": total, "percent": 100 * trainable / total,
-            "adapter_mb": trainable * ADAPTER_BYTES_PER_PARAM / 1e6,
-            "llama7b_trainable": lora_trainable(LLAMA2_7B, r, targets),
-            "llama7b_lora_gb": finetune_memory_gb(LLAMA2_7B, "lora", r, targets)["total"],
-            "llama7b_qlora_gb": finetune_memory_gb(LLAMA2_7B, "qlora", r, targets)["total"],
-            "llama7b_full_gb": finetune_memory_gb(LLAMA2_7B, "full")["total"]}
-
+from .quant import fake_quantize, quantization_snr_db
+from .memory import TransformerShape, lora_summary
 
 def _render(s: dict[str, float], name: str, measured: dict[int, dict] | None = None) -> str:
     rows = [
@@ -77,12 +59,6 @@ def lora_rank_explorer(shape: TransformerShape, targets: tuple[str, ...] = ("q_p
     return widgets.VBox([rank, alpha_slider, table])
 
 
-def quantization_snr_db(w, w_hat) -> float:
-    """Signal-to-noise ratio of a quantized tensor in dB: 10 log10(sum w^2 / sum (w - w_hat)^2)."""
-    noise = float(((w.float() - w_hat.float()) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * math.log10(float((w.float() ** 2).sum()) / noise)
-
-
 def bitwidth_explorer(weight, name: str, measured_ppl: dict[str, float], n_params: int) -> widgets.VBox:
     """Bit width (2-8) and block size sliders over a real weight matrix: the error histogram, SNR and
     memory are recomputed live; the model's perplexity at that setting comes from ``measured_ppl``
@@ -112,16 +88,6 @@ def bitwidth_explorer(weight, name: str, measured_ppl: dict[str, float], n_param
     block.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([bits, block]), out])
-
-
-def monthly_costs(requests: float, prompt_tokens: int, rag_tokens: int, finetuned_tokens: int, training: float,
-                  cost: CostModel = CostModel(), months: float = 12) -> dict[str, float]:
-    """Dollars per month of each option at ``requests`` a month: a (few-shot) prompt on the base model, the
-    same prompt plus ``rag_tokens`` of retrieved text, and a short prompt on a fine-tune whose one-off
-    ``training`` cost is spread over ``months``."""
-    return {"prompt engineering": cost.monthly(requests, prompt_tokens),
-            "RAG": cost.monthly(requests, prompt_tokens + rag_tokens),
-            "fine-tuning": cost.monthly(requests, finetuned_tokens, finetuned=True, training=training, months=months)}
 
 
 def decision_explorer(cost: CostModel = CostModel(), finetuned_tokens: int = 60, rag_tokens: int = 300,

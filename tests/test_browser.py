@@ -188,9 +188,8 @@ def _rank(page, cells):
     from transformers import AutoConfig
 
     from course_lib.data import load_measurement
-    from course_lib.memory import TransformerShape
+    from course_lib.memory import TransformerShape, lora_summary
     from course_lib.models import cache_dir
-    from course_lib.widgets import lora_summary
     sweep = load_measurement("lora_sweep.json", announce=False)
     _, area = _widget_cell(page, cells, "lora_rank_explorer(")
     _shot(area, "03_rank_explorer-before")
@@ -210,8 +209,7 @@ def _rank(page, cells):
 def _bits(page, cells):
     from course_lib.data import load_measurement
     from course_lib.models import load_default_model
-    from course_lib.quant import fake_quantize
-    from course_lib.widgets import quantization_snr_db
+    from course_lib.quant import fake_quantize, quantization_snr_db
     measured = load_measurement("quant_smollm2.json", announce=False)
     _, area = _widget_cell(page, cells, "bitwidth_explorer(")
     _shot(area, "04_bitwidth_explorer-before")

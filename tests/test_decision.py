@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from course_lib.decision import FEW_EXAMPLES, LADDER, MANY_EXAMPLES, CostModel, break_even_requests, recommend
+from course_lib.decision import (FEW_EXAMPLES, LADDER, MANY_EXAMPLES, CostModel, break_even_requests, monthly_costs,
+                                 recommend)
 
 
 @pytest.mark.parametrize("n, fresh, consistent, expected", [
@@ -54,3 +55,10 @@ def test_break_even():
     assert break_even_requests(0.0, a, b) == 0.0
     # at these prices a 400-token prompt is cheaper than a 60-token one on the fine-tuned model: never pays off
     assert break_even_requests(24.0, cost.per_request(400), b) == math.inf
+
+
+def test_monthly_costs_of_the_three_options():
+    costs = monthly_costs(10_000, 1500, 300, 60, training=24.0, cost=CostModel(), months=12)
+    assert costs["prompt engineering"] == pytest.approx(10_000 * 1500 / 1000 * 0.0015)
+    assert costs["RAG"] == pytest.approx(10_000 * 1800 / 1000 * 0.0015)
+    assert costs["fine-tuning"] == pytest.approx(10_000 * 60 / 1000 * 0.012 + 2.0)  # training spread over 12 months

@@ -3,7 +3,7 @@ import pytest
 
 from course_lib import lora
 from course_lib.memory import (LLAMA2_7B, LLAMA_SHAPES, NF4_DQ_BITS, TransformerShape, finetune_memory_gb,
-                               lora_trainable, parameter_count, weight_memory_gb)
+                               lora_summary, lora_trainable, parameter_count, weight_memory_gb)
 
 
 def test_llama2_7b_parameter_count_matches_the_paper():
@@ -69,3 +69,14 @@ def test_qlora_quantizes_only_the_blocks_linear_layers(tiny):
     assert sum(kept.values()) == parameter_count(shape) - block_linear_parameter_count(shape)
     assert quant.linear_weight_bytes(model) == pytest.approx(block_linear_parameter_count(shape) * NF4_DQ_BITS / 8,
                                                              rel=0.01)
+
+
+def test_lora_summary_is_computed_from_the_shapes(tiny):
+    model, _ = tiny
+    shape = TransformerShape.from_config(model.config, name="tiny")
+    s8, s16 = lora_summary(shape, 8, 16), lora_summary(shape, 16, 16)
+    assert s16["trainable"] == 2 * s8["trainable"] == 2 * lora_trainable(shape, 8)
+    assert s8["scaling"] == 2.0 and s16["scaling"] == 1.0
+    assert s8["adapter_mb"] == s8["trainable"] * 4 / 1e6
+    assert s8["llama7b_trainable"] == 4_194_304
+    assert s8["llama7b_qlora_gb"] < s8["llama7b_lora_gb"] < s8["llama7b_full_gb"]

@@ -295,3 +295,9 @@ def test_bit_widths_beyond_the_int8_codes_are_refused(quantize):
         with pytest.raises(quant.QuantizationError, match="bits must be an integer from 2 to 8"):
             quantize(w, bits=bits)
     assert quantize(w, bits=2)[0].abs().max() <= 2
+
+
+def test_snr_in_db():
+    w = torch.ones(100)
+    assert quant.quantization_snr_db(w, w) == float("inf")
+    assert abs(quant.quantization_snr_db(w, w * 1.1) - 20.0) < 1e-4
