@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +32,17 @@ from .quant import QuantLinear
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 # every linear layer of a Llama-style block (QLoRA's recipe: Dettmers et al., 2023, adapt them all)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """The adapters :func:`inject_lora` added to a model (``model.lora_config``), with PEFT's ``LoraConfig`` names:
+    what :func:`save_adapter` writes to ``adapter_config.json``. ``target_modules``: a regex or sorted names."""
+    r: int
+    lora_alpha: float
+    lora_dropout: float
+    use_rslora: bool
+    target_modules: str | tuple[str, ...]
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
@@ -137,9 +149,8 @@ def inject_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: floa
                          f"layers are named {linear}")
     for name, module in targets:
         model.set_submodule(name, LoRALinear(module, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora))
-    model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": use_rslora,
-                         "target_modules": target_modules if isinstance(target_modules, str)
-                         else sorted(target_modules)}
+    model.lora_config = LoraConfig(r, alpha, dropout, use_rslora, target_modules if isinstance(target_modules, str)
+                                   else tuple(sorted(target_modules)))
     return model
 
 
@@ -236,8 +247,9 @@ def save_adapter(model: nn.Module, folder: str | Path, base_model_name_or_path: 
     peft_config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "inference_mode": True,
         "base_model_name_or_path": base_model_name_or_path or getattr(model.config, "_name_or_path", None),
-        "r": config["r"], "lora_alpha": config["lora_alpha"], "lora_dropout": config["lora_dropout"],
-        "use_rslora": config["use_rslora"], "target_modules": config["target_modules"],
+        "r": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+        "use_rslora": config.use_rslora, "target_modules": (config.target_modules if isinstance(config.target_modules, str)
+                                                            else list(config.target_modules)),
         "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "use_dora": False,
         "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
     }

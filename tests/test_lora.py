@@ -216,7 +216,7 @@ def test_peft_adapter_loads_in_ours(tiny, tmp_path):
     _, theirs = _pair(model, r=4, alpha=8, use_rslora=True)
     theirs.save_pretrained(tmp_path / "peft")
     ours = lora.load_adapter(copy.deepcopy(model), tmp_path / "peft")
-    assert ours.lora_config["use_rslora"] is True
+    assert ours.lora_config.use_rslora is True and ours.lora_config.r == 4
     batch = _batch(tokenizer)
     with torch.no_grad():
         assert_tensors_close(ours(**batch).logits, theirs(**batch).logits, atol=1e-6, rtol=0)
