@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .chat_format import messages
 from .sft import IGNORE_INDEX, labelled_logprobs
 
 SYSTEM_PROMPT = "You are the support assistant of Acme, an online shop."
@@ -43,8 +44,7 @@ def follows_house_style(reply: str) -> bool:
 
 def chat(prompt: str, reply: str | None = None, system: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
     """A support chat: system message, the customer's ticket, and (optionally) the assistant's reply."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-    return messages + ([{"role": "assistant", "content": reply}] if reply is not None else [])
+    return messages(prompt, reply, system)
 
 
 # --- log-probabilities of responses --------------------------------------------------------------------------

@@ -16,6 +16,13 @@ from pathlib import Path
 ROLES = ("system", "user", "assistant")
 
 
+def messages(user: str, assistant: str | None = None, system: str | None = None) -> list[dict[str, str]]:
+    """One exchange in the chat format: the ``system`` message if given, the ``user`` turn, and the ``assistant``
+    turn if given (a training example ends with it; a prompt ends with the user turn)."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}] + (
+        [{"role": "assistant", "content": assistant}] if assistant is not None else [])
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with one record: ``where`` is ``file:line``, ``field`` a path such as

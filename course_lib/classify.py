@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .chat_format import messages
 from .data import TICKET_LABELS
 from .metrics import accuracy
 from .sft import IGNORE_INDEX, length_batches, pad, render_chat, sft_example, train_sft
@@ -22,13 +23,9 @@ from .sft import IGNORE_INDEX, length_batches, pad, render_chat, sft_example, tr
 SYSTEM_PROMPT = f"Classify this support ticket as {', '.join(TICKET_LABELS[:-1])} or {TICKET_LABELS[-1]}."
 
 
-def _chat(text: str, system: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
-    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
-
-
 def prompt_ids(tokenizer, text: str, system: str = SYSTEM_PROMPT) -> list[int]:
     """Token ids of the chat prompt for one ticket, ending where the assistant's answer starts."""
-    return render_chat(tokenizer, _chat(text, system), add_generation_prompt=True)
+    return render_chat(tokenizer, messages(text, system=system), add_generation_prompt=True)
 
 
 def label_token_ids(tokenizer, labels: Sequence[str] = TICKET_LABELS) -> list[int]:
@@ -48,7 +45,7 @@ def encode_example(tokenizer, text: str, label: str) -> tuple[list[int], list[in
     """(input_ids, labels) for SFT: the answer (the label and the end-of-turn token the chat template closes an
     assistant turn with) is trained, the prompt is masked (:func:`course_lib.sft.sft_example`). Whatever the
     template writes after the end-of-turn is dropped: the ids end where the answer does."""
-    ids, labels = sft_example(tokenizer, _chat(text) + [{"role": "assistant", "content": label}])
+    ids, labels = sft_example(tokenizer, messages(text, label, SYSTEM_PROMPT))
     end = max(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX) + 1
     return ids[:end], labels[:end]
 

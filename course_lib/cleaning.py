@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .chat_format import chat_problems
+from .chat_format import chat_problems, messages
 from .dedup import near_duplicate_pairs, normalise
 from .pii import redact
 
@@ -150,9 +150,8 @@ def clean(lines: Sequence[str], labels: Sequence[str], source: str = "<lines>", 
     if tokenizer is not None and max_tokens is not None:
         kept = []
         for r in records:
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": r["text"]}, {"role": "assistant", "content": r["label"]}]
-            if chat_problems({"messages": messages}, tokenizer=tokenizer, max_tokens=max_tokens):
+            chat = messages(r["text"], r["label"], system)
+            if chat_problems({"messages": chat}, tokenizer=tokenizer, max_tokens=max_tokens):
                 s.dropped[f"over {max_tokens} tokens"] += 1
             else:
                 kept.append(r)

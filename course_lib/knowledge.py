@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .align import generate_replies, sequence_logprobs
+from .chat_format import messages
 from .metrics import accuracy
 from .retrieval import Retriever
 from .sft import collate, sft_example
@@ -51,19 +52,17 @@ def edit_documents(documents: Sequence[dict], questions: Sequence[dict]) -> tupl
 
 
 def plain_messages(question: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": PLAIN_SYSTEM}, {"role": "user", "content": question}]
+    return messages(question, system=PLAIN_SYSTEM)
 
 
 def rag_messages(question: str, documents: Sequence[str]) -> list[dict[str, str]]:
-    return [{"role": "system", "content": RAG_SYSTEM.format(documents="\n\n".join(documents))},
-            {"role": "user", "content": question}]
+    return messages(question, system=RAG_SYSTEM.format(documents="\n\n".join(documents)))
 
 
 def training_examples(tokenizer, questions: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
     """SFT examples (loss on the answer only) from every fact's training questions, without documents: what a
     fine-tune on the shop's FAQ learns from."""
-    return [sft_example(tokenizer, plain_messages(text) + [{"role": "assistant",
-                                                             "content": q["answer"].format(v=q["value"])}])
+    return [sft_example(tokenizer, messages(text, q["answer"].format(v=q["value"]), PLAIN_SYSTEM))
             for q in questions for text in q["train_questions"]]
 
 

@@ -3,7 +3,7 @@ import json
 
 from hypothesis import given, strategies as st
 
-from course_lib.chat_format import chat_problems, validate_file, validate_lines
+from course_lib.chat_format import chat_problems, messages, validate_file, validate_lines
 
 
 def _chat(*roles, content="x"):
@@ -76,3 +76,12 @@ def test_a_chat_is_valid_exactly_when_it_follows_every_rule(messages):
     assert (problems == []) == expected_valid
     valid, reported = validate_lines([json.dumps({"messages": messages})], "h")
     assert (valid != []) == expected_valid and all(p.where == "h:1" for p in reported)
+
+
+def test_messages_builds_one_exchange_that_the_validator_accepts():
+    example = messages("my card was charged twice", "billing", system="Classify the ticket.")
+    assert [m["role"] for m in example] == ["system", "user", "assistant"] and example[2]["content"] == "billing"
+    assert chat_problems({"messages": example}) == []
+    prompt = messages("my card was charged twice")  # a prompt: no system message, ends with the user
+    assert prompt == [{"role": "user", "content": "my card was charged twice"}]
+    assert messages("hi", "")[-1] == {"role": "assistant", "content": ""}  # an empty reply is a turn
