@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from course_lib import classify, lora, sft  # noqa: E402
-from course_lib.data import load_tickets  # noqa: E402
-from course_lib.models import load_default_model, use_cores  # noqa: E402
+from course_lib import classify, lora, sft
+from course_lib.data import load_tickets
+from course_lib.models import load_default_model, use_cores
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "lora_peft_vs_ours.json"
 RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 60, "batch_size": 8, "lr": 1e-3,

@@ -25,13 +25,10 @@ import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from make_tickets import OPENERS, make_ticket
 
-from make_tickets import OPENERS, make_ticket  # noqa: E402
-
-from course_lib.classify import SYSTEM_PROMPT  # noqa: E402
-from course_lib.data import TICKET_LABELS, load_tickets, near_duplicate_key  # noqa: E402
+from course_lib.classify import SYSTEM_PROMPT
+from course_lib.data import TICKET_LABELS, load_tickets, near_duplicate_key
 
 SEED, RECORDS = 7, 3000
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "messy"

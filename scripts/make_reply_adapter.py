@@ -11,17 +11,13 @@ embedded SmolLM2-135M-Instruct on the 400 training tickets of the preference dat
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from course_lib import align, lora, sft  # noqa: E402
-from course_lib.data import load_preferences, reply_adapter_path  # noqa: E402
-from course_lib.models import DEFAULT_MODEL_ID, load_default_model, use_cores  # noqa: E402
+from course_lib import align, lora, sft
+from course_lib.data import load_preferences, reply_adapter_path
+from course_lib.models import DEFAULT_MODEL_ID, load_default_model, use_cores
 
 RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 100, "batch_size": 8, "lr": 1e-3,
           "seed": 0}

@@ -10,17 +10,13 @@ measured here is written next to it (``training.json``) and checked by tests/tes
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from course_lib import classify, lora  # noqa: E402
-from course_lib.data import load_tickets, ticket_adapter_path  # noqa: E402
-from course_lib.models import DEFAULT_MODEL_ID, load_default_model, use_cores  # noqa: E402
+from course_lib import classify, lora
+from course_lib.data import load_tickets, ticket_adapter_path
+from course_lib.models import DEFAULT_MODEL_ID, load_default_model, use_cores
 
 RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 60, "batch_size": 8, "lr": 1e-3,
           "seed": 0}

@@ -26,13 +26,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from course_lib import approaches, knowledge, lora, metrics, sft, splits  # noqa: E402
-from course_lib.data import load_policies, load_tickets, ticket_adapter_path  # noqa: E402
-from course_lib.models import load_default_model, load_minilm, use_cores  # noqa: E402
-from course_lib.retrieval import Retriever  # noqa: E402
-from make_ticket_adapter import RECIPE, train_adapter  # noqa: E402
+from course_lib import approaches, knowledge, lora, metrics, sft, splits
+from course_lib.data import load_policies, load_tickets, ticket_adapter_path
+from course_lib.models import load_default_model, load_minilm, use_cores
+from course_lib.retrieval import Retriever
+from make_ticket_adapter import RECIPE, train_adapter
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements"
 QA_RECIPE = {"r": 16, "alpha": 32, "target_modules": list(lora.ALL_LINEAR), "steps": 60, "batch_size": 8, "lr": 1e-3,

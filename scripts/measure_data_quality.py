@@ -35,22 +35,18 @@ import argparse
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from make_tickets import OPENERS, make_ticket
 
-from make_tickets import OPENERS, make_ticket  # noqa: E402
-
-from course_lib import classify, lora, metrics  # noqa: E402
-from course_lib.data import TICKET_LABELS, load_tickets  # noqa: E402
-from course_lib.dedup import near_duplicate_groups  # noqa: E402
-from course_lib.models import load_default_model, use_cores  # noqa: E402
-from course_lib.splits import leaks  # noqa: E402
+from course_lib import classify, lora, metrics
+from course_lib.data import TICKET_LABELS, load_tickets
+from course_lib.dedup import near_duplicate_groups
+from course_lib.models import load_default_model, use_cores
+from course_lib.splits import leaks
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "data_quality.json"
 OUT_EPOCHS = OUT.with_name("data_quality_epochs.json")

@@ -21,17 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from course_lib import align, dpo, lora, metrics, sft  # noqa: E402
-from course_lib.data import load_preferences  # noqa: E402
-from course_lib.models import load_default_model, use_cores  # noqa: E402
+from course_lib import align, dpo, lora, metrics, sft
+from course_lib.data import load_preferences
+from course_lib.models import load_default_model, use_cores
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "dpo_ablation.json"
 SETTINGS = {"r": 8, "alpha": 16, "steps": 16, "batch_size": 4, "lr": 1e-3, "beta": 0.1,

@@ -16,18 +16,15 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from course_lib import align, classify, lora, metrics, shifts  # noqa: E402
-from course_lib.data import (TICKET_LABELS, load_freeform_tickets, load_preferences, load_tickets,  # noqa: E402
+from course_lib import align, classify, lora, metrics, shifts
+from course_lib.data import (TICKET_LABELS, load_freeform_tickets, load_preferences, load_tickets,
                              reference_prose, reply_adapter_path, ticket_adapter_path)
-from course_lib.models import load_default_model, use_cores  # noqa: E402
+from course_lib.models import load_default_model, use_cores
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "evaluation.json"
 MAX_NEW_TOKENS = 72

@@ -8,17 +8,14 @@ tickets every 25 steps and no early stopping, so the whole curve is seen; the be
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from course_lib import classify, lora  # noqa: E402
-from course_lib.data import load_tickets  # noqa: E402
-from course_lib.models import load_default_model, use_cores  # noqa: E402
+from course_lib import classify, lora
+from course_lib.data import load_tickets
+from course_lib.models import load_default_model, use_cores
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "overfitting_tickets.json"
 RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 300, "batch_size": 8, "lr": 1e-3,

@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from course_lib import classify, lora, metrics  # noqa: E402
-from course_lib.data import load_tickets  # noqa: E402
-from course_lib.models import load_default_model, use_cores  # noqa: E402
+from course_lib import classify, lora, metrics
+from course_lib.data import load_tickets
+from course_lib.models import load_default_model, use_cores
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "lora_sweep.json"
 BASE = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"], "lr": 1e-3, "steps": 60, "batch_size": 8}

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from course_lib import classify, lora  # noqa: E402
-from course_lib.data import load_tickets  # noqa: E402
-from course_lib.models import DEFAULT_MODEL_ID, load_default_model  # noqa: E402
+from course_lib import classify, lora
+from course_lib.data import load_tickets
+from course_lib.models import DEFAULT_MODEL_ID, load_default_model
 
 
 def main() -> None:
