@@ -112,7 +112,7 @@ def check_models() -> list[Check]:
 def check_cpu_bf16() -> Check:
     """Whether the CPU multiplies bf16 natively, and the precision topics 3 and 5 will train in there
     (``$COURSE_LIB_PRECISION`` overrides the choice)."""
-    from .models import bf16_native, resolve_precision
+    from .device import bf16_native, resolve_precision
 
     native = bf16_native("cpu")
     hardware = "yes (AVX512-BF16 or AMX)" if native else "no"

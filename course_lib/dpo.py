@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .align import chat
 from .lora import adapters_disabled
-from .models import mixed_precision
+from .device import mixed_precision
 from .sft import IGNORE_INDEX, batch_indices, collate, length_batches, sft_example
 from .training import TrainConfig, train
 

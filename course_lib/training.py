@@ -10,7 +10,7 @@
   averaged over the processes before the step (what DistributedDataParallel does), so the update equals one
   process's on the whole batch.
 - **Mixed precision** (``precision="bf16"``, or ``"auto"`` where the hardware multiplies bf16 matrices): each
-  micro-batch's forward pass runs under ``torch.autocast`` (:func:`course_lib.models.mixed_precision`), the
+  micro-batch's forward pass runs under ``torch.autocast`` (:func:`course_lib.device.mixed_precision`), the
   weights, gradients and optimizer state stay fp32.
 - **Validation** every ``eval_every`` optimizer steps (and after the last): ``evaluate()`` returns metrics, one
   of which (``monitor``) picks the **best checkpoint**: the trainable parameters (e.g. LoRA adapters) are kept
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import PRECISIONS, mixed_precision, resolve_precision
+from .device import PRECISIONS, mixed_precision, resolve_precision
 
 SCHEDULES = ("constant", "linear", "cosine")
 

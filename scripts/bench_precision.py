@@ -1,4 +1,4 @@
-"""Benchmark: topic 5's DPO recipe in fp32 and in bf16 mixed precision (``course_lib.models.mixed_precision``).
+"""Benchmark: topic 5's DPO recipe in fp32 and in bf16 mixed precision (``course_lib.device.mixed_precision``).
 
 Each round runs notebook 5's section 5 in both precisions, alternately (the order flips every round, so drifts
 in machine load hit both alike): the reference log-probs of the 24 held-out pairs, 16 DPO + NLL steps of 4 pairs
@@ -19,7 +19,8 @@ import torch
 from course_lib import align, dpo
 from course_lib.data import load_preferences
 from course_lib.lora import ALL_LINEAR, adapters_disabled, inject_lora, lora_layers
-from course_lib.models import bf16_native, load_default_model, mixed_precision, use_cores
+from course_lib.device import bf16_native, mixed_precision, use_cores
+from course_lib.models import load_default_model
 
 
 

@@ -20,7 +20,8 @@ import torch
 from course_lib import align, dpo
 from course_lib.data import load_preferences
 from course_lib.lora import ALL_LINEAR, inject_lora
-from course_lib.models import bf16_native, load_default_model, mixed_precision, use_cores
+from course_lib.device import bf16_native, mixed_precision, use_cores
+from course_lib.models import load_default_model
 from course_lib.sft import batch_indices
 
 

@@ -18,7 +18,8 @@ import torch
 
 from course_lib import classify, lora
 from course_lib.data import load_tickets, ticket_adapter_path
-from course_lib.models import load_default_model, use_cores
+from course_lib.device import use_cores
+from course_lib.models import load_default_model
 
 
 def main() -> None:

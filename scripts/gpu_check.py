@@ -20,7 +20,8 @@ from peft import LoraConfig, get_peft_model
 
 from course_lib import align, classify, dpo, lora, metrics, quant, retrieval, reward
 from course_lib.data import load_preferences, load_tickets, reference_prose
-from course_lib.models import bf16_native, default_device, load_minilm, mixed_precision, resolve_precision, tiny_model
+from course_lib.device import bf16_native, default_device, mixed_precision, resolve_precision
+from course_lib.models import load_minilm, tiny_model
 
 
 def report(name: str, ok: bool, detail: str) -> bool:

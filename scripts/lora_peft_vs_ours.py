@@ -24,7 +24,8 @@ import torch
 
 from course_lib import classify, lora, sft
 from course_lib.data import load_tickets
-from course_lib.models import load_default_model, use_cores
+from course_lib.device import use_cores
+from course_lib.models import load_default_model
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "lora_peft_vs_ours.json"
 RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 60, "batch_size": 8, "lr": 1e-3,

@@ -17,7 +17,8 @@ import torch
 
 from course_lib import align, lora, sft
 from course_lib.data import load_preferences, reply_adapter_path
-from course_lib.models import DEFAULT_MODEL_ID, load_default_model, use_cores
+from course_lib.device import use_cores
+from course_lib.models import DEFAULT_MODEL_ID, load_default_model
 
 RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 100, "batch_size": 8, "lr": 1e-3,
           "seed": 0}

@@ -28,7 +28,8 @@ import torch
 
 from course_lib import approaches, knowledge, lora, metrics, sft, splits
 from course_lib.data import load_policies, load_tickets, ticket_adapter_path
-from course_lib.models import load_default_model, load_minilm, use_cores
+from course_lib.device import use_cores
+from course_lib.models import load_default_model, load_minilm
 from course_lib.retrieval import Retriever
 from make_ticket_adapter import RECIPE, train_adapter
 

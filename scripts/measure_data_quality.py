@@ -45,7 +45,8 @@ from make_tickets import OPENERS, make_ticket
 from course_lib import classify, lora, metrics
 from course_lib.data import TICKET_LABELS, load_tickets
 from course_lib.dedup import near_duplicate_groups
-from course_lib.models import load_default_model, use_cores
+from course_lib.device import use_cores
+from course_lib.models import load_default_model
 from course_lib.splits import leaks
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "data_quality.json"

@@ -28,7 +28,8 @@ import torch
 
 from course_lib import align, dpo, lora, metrics, sft
 from course_lib.data import load_preferences
-from course_lib.models import load_default_model, use_cores
+from course_lib.device import use_cores
+from course_lib.models import load_default_model
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "dpo_ablation.json"
 SETTINGS = {"r": 8, "alpha": 16, "steps": 16, "batch_size": 4, "lr": 1e-3, "beta": 0.1,

@@ -24,7 +24,8 @@ import torch
 from course_lib import align, classify, lora, metrics, shifts
 from course_lib.data import (TICKET_LABELS, load_freeform_tickets, load_preferences, load_tickets,
                              reference_prose, reply_adapter_path, ticket_adapter_path)
-from course_lib.models import load_default_model, use_cores
+from course_lib.device import use_cores
+from course_lib.models import load_default_model
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "evaluation.json"
 MAX_NEW_TOKENS = 72

@@ -29,7 +29,8 @@ import torch
 
 from course_lib import classify, lora, metrics
 from course_lib.data import load_tickets
-from course_lib.models import load_default_model, use_cores
+from course_lib.device import use_cores
+from course_lib.models import load_default_model
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "lora_sweep.json"
 BASE = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"], "lr": 1e-3, "steps": 60, "batch_size": 8}

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from course_lib import doctor, models
+from course_lib import device, doctor
 
 
 def test_this_environment_is_healthy_and_the_command_says_so():
@@ -16,7 +16,7 @@ def test_this_environment_is_healthy_and_the_command_says_so():
     run = subprocess.run([sys.executable, "-m", "course_lib", "doctor"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "[  ok] torch" in run.stdout and "course_lib doctor:" in run.stdout
     bf16 = next(c for c in checks if c.name == "CPU bf16")
-    assert bf16.found.startswith("yes" if models.bf16_native("cpu") else "no")
+    assert bf16.found.startswith("yes" if device.bf16_native("cpu") else "no")
 
 
 @pytest.mark.parametrize("native, forced, status, says", [
@@ -24,7 +24,7 @@ def test_this_environment_is_healthy_and_the_command_says_so():
     (True, "fp32", "ok", "train in fp32 (COURSE_LIB_PRECISION=fp32)"), (False, "bf16", "warn", "emulated"),
     (True, "half", "fail", "COURSE_LIB_PRECISION must be one of")])
 def test_cpu_bf16_line_says_what_topics_3_and_5_will_compute_in(monkeypatch, native, forced, status, says):
-    monkeypatch.setattr(models, "bf16_native", lambda device="cpu": native)
+    monkeypatch.setattr(device, "bf16_native", lambda device="cpu": native)
     if forced:
         monkeypatch.setenv("COURSE_LIB_PRECISION", forced)
     else:

@@ -110,7 +110,7 @@ def test_forked_workers_run_torch_after_the_grader_used_its_thread_pool():
     probe = """
 import torch
 from grader.batch import workers
-from course_lib.models import use_cores
+from course_lib.device import use_cores
 
 def work(_):
     use_cores()

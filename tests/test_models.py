@@ -1,7 +1,6 @@
 """course_lib.models: the embedded model loads offline, chats sensibly, and failures say what to run."""
 import importlib.util
 import json
-import os
 
 import pytest
 import torch
@@ -68,54 +67,6 @@ def test_tiny_model_has_smollm2_layout(tiny):
     a, _ = models.tiny_model(seed=0)
     b, _ = models.tiny_model(seed=1)
     assert not torch.equal(a.model.layers[0].self_attn.q_proj.weight, b.model.layers[0].self_attn.q_proj.weight)
-
-
-def test_use_cores_takes_every_core_unless_the_environment_says_otherwise(monkeypatch):
-    before = torch.get_num_threads()
-    try:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        assert models.use_cores() == torch.get_num_threads() == (os.cpu_count() or 1)
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        assert models.use_cores() == torch.get_num_threads() == 1
-        monkeypatch.setenv("OMP_NUM_THREADS", "lots")  # not a count: ignored
-        assert models.use_cores() == (os.cpu_count() or 1)
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_default_device_prefers_what_is_asked():
-    assert models.default_device("cpu") == torch.device("cpu")
-    assert models.default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def test_precision_auto_follows_the_hardware_and_bad_names_are_refused(monkeypatch):
-    monkeypatch.delenv("COURSE_LIB_PRECISION", raising=False)
-    monkeypatch.setattr(models, "bf16_native", lambda device="cpu": True)
-    assert models.resolve_precision("cpu", "auto") == "bf16"
-    monkeypatch.setenv("COURSE_LIB_PRECISION", "fp32")  # a learner rules bf16 out, or reproduces a laptop
-    assert models.resolve_precision("cpu", "auto") == "fp32" and models.resolve_precision("cpu", "bf16") == "bf16"
-    monkeypatch.setenv("COURSE_LIB_PRECISION", "fp16")
-    with pytest.raises(ValueError, match="COURSE_LIB_PRECISION must be one of"):
-        models.resolve_precision("cpu", "auto")
-    monkeypatch.delenv("COURSE_LIB_PRECISION")
-    monkeypatch.setattr(models, "bf16_native", lambda device="cpu": False)
-    assert models.resolve_precision("cpu", "auto") == "fp32"
-    assert models.resolve_precision("cpu", "bf16") == "bf16"  # asked for: emulated where not native
-    with pytest.raises(ValueError, match="precision must be one of"):
-        models.resolve_precision("cpu", "fp16")
-    assert not models.bf16_native("meta")
-    assert models.bf16_native("cuda") == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
-@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
-def test_mixed_precision_casts_the_matmuls_and_keeps_the_weights_and_losses_fp32(precision, dtype):
-    layer = torch.nn.Linear(8, 4)
-    x = torch.randn(3, 8)
-    with models.mixed_precision("cpu", precision):
-        y = layer(x)
-        loss = torch.nn.functional.cross_entropy(y, torch.tensor([0, 1, 2]))
-    assert y.dtype == dtype and loss.dtype == torch.float32 and layer.weight.dtype == torch.float32
-    assert torch.allclose(y.float(), layer(x), atol=0.05, rtol=0.02)
 
 
 @pytest.mark.slow
