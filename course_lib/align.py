@@ -13,7 +13,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .chat_format import messages
-from .sft import IGNORE_INDEX, labelled_logprobs
+from .batching import IGNORE_INDEX
+from .sft import labelled_logprobs
 
 SYSTEM_PROMPT = "You are the support assistant of Acme, an online shop."
 GREETING = "Hi, thanks for contacting Acme!"

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from .align import chat
 from .lora import adapters_disabled
 from .device import mixed_precision
-from .sft import IGNORE_INDEX, batch_indices, collate, length_batches, sft_example
+from .batching import IGNORE_INDEX, batch_indices, collate, length_batches
+from .sft import sft_example
 from .training import TrainConfig, train
 
 

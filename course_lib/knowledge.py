@@ -20,7 +20,8 @@ from .align import generate_replies, sequence_logprobs
 from .chat_format import messages
 from .metrics import accuracy
 from .retrieval import Retriever
-from .sft import collate, sft_example
+from .batching import collate
+from .sft import sft_example
 
 SHOP = "Brightmoor Home Supplies"
 PLAIN_SYSTEM = f"You answer customer questions for {SHOP} in one short sentence."

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sft import batch_indices
+from .batching import batch_indices
 from .training import TrainConfig, train
 
 

@@ -1,5 +1,5 @@
 """Supervised fine-tuning, the pieces every SFT in the course shares: labels on the answer tokens only
-(-100 elsewhere), the chat template, padding and batching, the answer-only loss, and the loop.
+(-100 elsewhere), the chat template, the answer-only loss, and the loop (batches come from :mod:`course_lib.batching`).
 
 - :func:`sft_example` renders a chat with the tokenizer's chat template and labels each assistant turn, through
   its end-of-turn token, and nothing else: the model learns to answer (and to stop), not to write the prompts.
@@ -9,16 +9,13 @@
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from .batching import IGNORE_INDEX, batch_indices, collate, length_batches
 from .training import TrainConfig, train
-
-IGNORE_INDEX = -100
-
 
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
     """Token ids of a chat rendered with the tokenizer's chat template (optionally + the assistant header)."""
@@ -54,35 +51,6 @@ def sft_example(tokenizer, messages: list[dict], max_length: int | None = None) 
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
     return ids, labels
-
-
-def pad(sequences: list[list[int]], value: int, left: bool) -> torch.Tensor:
-    """A (len(sequences), longest) tensor of the sequences padded with ``value`` on the left or the right."""
-    width = max(len(s) for s in sequences)
-    return torch.tensor([([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s)))
-                         for s in sequences])
-
-
-def batch_indices(count: int, steps: int, batch_size: int, seed: int = 0) -> list[list[int]]:
-    """Indices of each step's batch: one seeded shuffle of ``range(count)``, read cyclically (an epoch boundary
-    falls inside a batch when ``count`` is not a multiple of ``batch_size``)."""
-    order = random.Random(seed).sample(range(count), count)
-    return [[order[(step * batch_size + i) % count] for i in range(batch_size)] for step in range(steps)]
-
-
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices of batches of ``batch_size`` items cut from the items sorted by length (ties keep their order), so
-    that each batch pads little: for evaluation, where a result does not depend on which items share a batch."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of (input_ids, labels) into a batch; padding gets label -100 and mask 0."""
-    ids, labels = zip(*examples)
-    input_ids = pad(list(ids), pad_id, left=False)
-    return {"input_ids": input_ids, "labels": pad(list(labels), IGNORE_INDEX, left=False),
-            "attention_mask": pad([[1] * len(s) for s in ids], 0, left=False)}
 
 
 def as_dataset(examples: Sequence[tuple[list[int], list[int]]]):

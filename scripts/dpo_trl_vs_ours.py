@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from course_lib import align, dpo
-from course_lib.sft import batch_indices
+from course_lib.batching import batch_indices
 from course_lib.data import load_preferences
 from course_lib.lora import ALL_LINEAR, inject_lora
 from course_lib.models import load_default_model

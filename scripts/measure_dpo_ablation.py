@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from course_lib import align, dpo, lora, metrics, sft
+from course_lib import align, batching, dpo, lora, metrics, sft
 from course_lib.data import load_preferences
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
@@ -46,9 +46,9 @@ def perplexity_under(model, tokenizer, tickets: list[str], replies: list[str]) -
     for ticket, reply in zip(tickets, replies):
         if not reply.strip():
             continue
-        batch = sft.collate([sft.sft_example(tokenizer, align.chat(ticket, reply))], tokenizer.pad_token_id)
+        batch = batching.collate([sft.sft_example(tokenizer, align.chat(ticket, reply))], tokenizer.pad_token_id)
         total += align.sequence_logprobs(model, batch).item()
-        tokens += (batch["labels"][:, 1:] != sft.IGNORE_INDEX).sum().item()
+        tokens += (batch["labels"][:, 1:] != batching.IGNORE_INDEX).sum().item()
     return math.exp(-total / tokens)
 
 

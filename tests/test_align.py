@@ -1,7 +1,7 @@
 """course_lib.align: the house style checker, log-probabilities of replies, generation."""
 import torch
 
-from course_lib import align, sft
+from course_lib import align, batching, sft
 from course_lib.data import load_preferences
 
 
@@ -35,7 +35,7 @@ def test_house_style_rules_each_catch_their_fault():
 # --- log-probabilities ----------------------------------------------------------------------------------------
 
 def _batch(tokenizer, texts_and_replies):
-    return sft.collate([sft.sft_example(tokenizer, align.chat(p, r)) for p, r in texts_and_replies],
+    return batching.collate([sft.sft_example(tokenizer, align.chat(p, r)) for p, r in texts_and_replies],
                            tokenizer.pad_token_id)
 
 
@@ -51,7 +51,7 @@ def test_sequence_logprobs_equal_a_token_by_token_sum(tiny):
         total, count = 0.0, 0
         for t in range(1, batch["labels"].shape[1]):
             target = batch["labels"][row, t].item()
-            if target != sft.IGNORE_INDEX:
+            if target != batching.IGNORE_INDEX:
                 total += torch.log_softmax(logits[row, t - 1].double(), -1)[target].item()
                 count += 1
         expected.append((total, count))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from course_lib import classify, lora, sft
+from course_lib import batching, classify, lora
 from course_lib.data import TICKET_LABELS, load_tickets
 from course_lib.grading import assert_tensors_close
 
@@ -75,6 +75,6 @@ def test_encode_example_ends_the_answer_as_the_chat_template_does(tiny):
                                "{% if add_generation_prompt %}Answer:\n{% endif %}")
     tokenizer.eos_token = "<|endoftext|>"
     ids, labels = classify.encode_example(tokenizer, "My parcel is late.", "delivery")
-    answer = [lab for lab in labels if lab != sft.IGNORE_INDEX]
+    answer = [lab for lab in labels if lab != batching.IGNORE_INDEX]
     assert tokenizer.decode(answer) == "delivery<|endoftext|>" and ids[-len(answer):] == answer
     assert ids[:len(ids) - len(answer)] == classify.prompt_ids(tokenizer, "My parcel is late.")

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import align, dpo, sft
+from course_lib import align, batching, dpo, sft
 from course_lib.data import load_preferences
 from course_lib.lora import inject_lora
 
@@ -81,7 +81,7 @@ def test_dpo_loss_equals_trl_dpotrainer_on_its_own_batch(tiny, tmp_path, loss_ty
         assert out.margins.mean().item() == pytest.approx(logged["rewards/margins"][-1], abs=1e-6)
         assert out.accuracy == pytest.approx(logged["rewards/accuracies"][-1])
     ours = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-            "labels": batch["input_ids"].masked_fill(batch["completion_mask"] == 0, sft.IGNORE_INDEX)}
+            "labels": batch["input_ids"].masked_fill(batch["completion_mask"] == 0, batching.IGNORE_INDEX)}
     with torch.no_grad():
         for name, model in (("policy", policy), ("reference", reference)):
             mine = align.sequence_logprobs(model, ours, average=loss_type == "ipo")
@@ -131,7 +131,7 @@ def test_train_dpo_called_again_keeps_the_frozen_base_as_reference(tiny, loss_ty
                             loss_type=loss_type)
     base, _ = tiny_model(seed=0, tokenizer=tokenizer)
     average = loss_type == "ipo"
-    ordered = [pairs[i] for i in sft.batch_indices(len(pairs), 1, 4)[0]]
+    ordered = [pairs[i] for i in batching.batch_indices(len(pairs), 1, 4)[0]]
     with torch.no_grad():
         expected = dpo.dpo_loss(*dpo.pair_logprobs(model, tokenizer, ordered, progress=False, average=average),
                                   *dpo.pair_logprobs(base, tokenizer, ordered, progress=False, average=average),

@@ -59,7 +59,8 @@ def test_prompts_carry_the_retrieved_documents_only_with_a_retriever():
 
 def test_forced_choice_takes_the_most_likely_answer_sentence(tiny):
     from course_lib.align import sequence_logprobs
-    from course_lib.sft import collate, sft_example
+    from course_lib.batching import collate
+    from course_lib.sft import sft_example
 
     model, tokenizer = tiny
     _, questions = load_policies()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from course_lib.sft import IGNORE_INDEX
+from course_lib.batching import IGNORE_INDEX
 from course_lib.grading import GradingError
 from grader.cells import setup_cell
 from grader.gradebook import stale_notebooks

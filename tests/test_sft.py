@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib import classify, lora, sft
+from course_lib import batching, classify, lora, sft
 from course_lib.data import load_tickets
 from course_lib.grading import assert_number_close, assert_tensors_close
 from course_lib.models import tiny_model
@@ -26,14 +26,14 @@ def test_sft_labels_cover_exactly_each_reply_and_its_end_of_turn(tiny):
     _, tokenizer = tiny
     ids, labels = sft.sft_example(tokenizer, CHATS[1])
     assert len(ids) == len(labels)
-    trained = [i for i, lab in zip(ids, labels) if lab != sft.IGNORE_INDEX]
-    assert all(lab in (sft.IGNORE_INDEX, i) for i, lab in zip(ids, labels))
+    trained = [i for i, lab in zip(ids, labels) if lab != batching.IGNORE_INDEX]
+    assert all(lab in (batching.IGNORE_INDEX, i) for i, lab in zip(ids, labels))
     expected = (tokenizer.encode("Hello.<|im_end|>", add_special_tokens=False)
                 + tokenizer.encode("Done: the refund of $12.99 is on its way.<|im_end|>", add_special_tokens=False))
     assert trained == expected
     # the two turns are separate runs: the user turn between them is masked
-    runs = sum(1 for a, b in zip([sft.IGNORE_INDEX] + labels, labels)
-               if a == sft.IGNORE_INDEX and b != sft.IGNORE_INDEX)
+    runs = sum(1 for a, b in zip([batching.IGNORE_INDEX] + labels, labels)
+               if a == batching.IGNORE_INDEX and b != batching.IGNORE_INDEX)
     assert runs == 2
 
 
@@ -56,13 +56,13 @@ def test_sft_labels_equal_trl_assistant_only_loss(tiny, tmp_path, max_length):
     batch = next(iter(trainer.get_train_dataloader()))
     ours = [sft.sft_example(tokenizer, chat, max_length=max_length) for chat in CHATS]
     # TRL drops examples whose reply was cut off entirely (nothing left to train on)
-    kept = [(ids, labels) for ids, labels in ours if any(lab != sft.IGNORE_INDEX for lab in labels)]
+    kept = [(ids, labels) for ids, labels in ours if any(lab != batching.IGNORE_INDEX for lab in labels)]
     assert len(kept) == len(batch["input_ids"]) and (max_length != 30 or len(kept) == 1)
     for row, (ids, labels) in enumerate(kept):
         n = len(ids)
         assert batch["input_ids"][row, :n].tolist() == ids
         assert batch["labels"][row, :n].tolist() == labels
-        assert (batch["labels"][row, n:] == sft.IGNORE_INDEX).all()
+        assert (batch["labels"][row, n:] == batching.IGNORE_INDEX).all()
 
 
 def test_trl_prompt_completion_trains_our_labels_plus_the_newline_after_the_last_reply(tiny, tmp_path):
@@ -85,10 +85,10 @@ def test_trl_prompt_completion_trains_our_labels_plus_the_newline_after_the_last
         n = len(ids)
         assert batch["input_ids"][row, :n].tolist() == ids and ids[-len(newline):] == newline
         theirs = batch["labels"][row, :n].tolist()
-        assert theirs[-len(newline):] == newline and labels[-len(newline):] == [sft.IGNORE_INDEX] * len(newline)
-        trained = [lab for lab in theirs[:-len(newline)] if lab != sft.IGNORE_INDEX]
-        assert trained == [lab for lab in last_only if lab != sft.IGNORE_INDEX]
-        ours = [lab for lab in labels if lab != sft.IGNORE_INDEX]
+        assert theirs[-len(newline):] == newline and labels[-len(newline):] == [batching.IGNORE_INDEX] * len(newline)
+        trained = [lab for lab in theirs[:-len(newline)] if lab != batching.IGNORE_INDEX]
+        assert trained == [lab for lab in last_only if lab != batching.IGNORE_INDEX]
+        ours = [lab for lab in labels if lab != batching.IGNORE_INDEX]
         assert (trained == ours) == (row == 0)  # one reply: the same; two: ours trains the first one too
 
 
@@ -100,7 +100,7 @@ def test_sft_example_refuses_a_chat_without_reply(tiny):
 def test_answer_loss_equals_full_loss(tiny):
     model, tokenizer = tiny
     rows = load_tickets("train")[:4]
-    batch = sft.collate([classify.encode_example(tokenizer, r["text"], r["label"]) for r in rows],
+    batch = batching.collate([classify.encode_example(tokenizer, r["text"], r["label"]) for r in rows],
                              tokenizer.pad_token_id)
     assert (batch["attention_mask"] == 0).any(), "rows of different lengths are needed to test padding"
     assert_number_close(sft.answer_loss(model, batch), model(**batch).loss.item(), atol=1e-6, rtol=0)
@@ -115,22 +115,13 @@ def test_eval_loss_is_the_token_weighted_mean_whatever_the_batching(tiny):
         for ids, labels in examples:  # one example at a time: no padding at all
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
             target = torch.tensor(labels[1:])
-            keep = target != sft.IGNORE_INDEX
+            keep = target != batching.IGNORE_INDEX
             losses.append(torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum").item())
             tokens.append(int(keep.sum()))
         expected = sum(losses) / sum(tokens)
         for batch_size in (1, 3, 16):
             got = sft.eval_loss(model, examples, tokenizer.pad_token_id, batch_size=batch_size)
             assert_number_close(got, expected, atol=1e-5, rtol=1e-5, name=f"eval_loss, batches of {batch_size}")
-
-
-def test_batch_indices_visit_every_example_once_per_epoch_in_a_seeded_order():
-    batches = sft.batch_indices(10, steps=5, batch_size=4, seed=3)
-    assert [len(b) for b in batches] == [4] * 5
-    flat = [i for b in batches for i in b]
-    assert sorted(flat[:10]) == list(range(10)) and flat[:10] != list(range(10))  # shuffled, each once
-    assert flat[10:] == flat[:10]  # the second epoch repeats the order, across a batch boundary
-    assert sft.batch_indices(10, 5, 4, seed=3) == batches != sft.batch_indices(10, 5, 4, seed=4)
 
 
 def test_transformers_trainer_with_peft_takes_the_same_steps_as_train_sft(tiny):
@@ -154,7 +145,7 @@ def test_transformers_trainer_with_peft_takes_the_same_steps_as_train_sft(tiny):
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                  lora_dropout=0.0, task_type="CAUSAL_LM"))
     set_peft_model_state_dict(peft_model, start)
-    order = [i for idx in sft.batch_indices(len(examples), steps, batch) for i in idx]
+    order = [i for idx in batching.batch_indices(len(examples), steps, batch) for i in idx]
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-2,
                                  lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
@@ -169,11 +160,3 @@ def test_transformers_trainer_with_peft_takes_the_same_steps_as_train_sft(tiny):
     trained = get_peft_model_state_dict(peft_model)
     for key, value in lora.adapter_state_dict(model).items():
         assert_tensors_close(trained[key], value, atol=1e-5, rtol=1e-4, name=key)
-
-
-def test_length_batches_cut_the_items_sorted_by_length_into_batches():
-    lengths = [5, 2, 9, 2, 7, 1, 5]
-    batches = sft.length_batches(lengths, 3)
-    assert batches == [[5, 1, 3], [0, 6, 4], [2]]  # by length, ties in their order; the last batch is short
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    assert sft.length_batches([], 4) == []

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from course_lib import classify, lora, sft
+from course_lib import batching, classify, lora, sft
 from course_lib.models import tiny_model
 from course_lib.training import TrainConfig, lr_at, train
 
@@ -39,8 +39,8 @@ def test_accumulating_four_micro_batches_equals_one_big_batch(tiny):
     model, tokenizer = _adapted(tiny)
     examples = _examples(tokenizer)  # every example has two answer tokens: equal weights per micro-batch
     start = _state(model)
-    big = [sft.collate(examples[:8], tokenizer.pad_token_id)]
-    small = [sft.collate(examples[i:i + 2], tokenizer.pad_token_id) for i in range(0, 8, 2)]
+    big = [batching.collate(examples[:8], tokenizer.pad_token_id)]
+    small = [batching.collate(examples[i:i + 2], tokenizer.pad_token_id) for i in range(0, 8, 2)]
     loss = lambda batch: (sft.answer_loss(model, batch), {})
     train(model, big, loss, TrainConfig(steps=1, lr=1e-2), progress=False)
     after_big = _state(model)
@@ -65,7 +65,7 @@ def test_schedule_values():
 
 def test_best_checkpoint_is_restored_and_early_stopping_stops(tiny):
     model, tokenizer = _adapted(tiny)
-    batches = [sft.collate(_examples(tokenizer)[:4], tokenizer.pad_token_id)] * 12
+    batches = [batching.collate(_examples(tokenizer)[:4], tokenizer.pad_token_id)] * 12
     scores = iter([0.5, 0.9, 0.7, 0.6, 0.95, 0.4])  # the validation metric after each evaluation (higher is better)
     saved = {}
 
@@ -94,8 +94,8 @@ def test_sft_trains_exactly_as_the_plain_loop_it_replaced(tiny):
     params = [p for p in reference.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
     losses = []
-    for idx in sft.batch_indices(len(examples), 5, 4, seed=0):
-        loss = sft.answer_loss(reference, sft.collate([examples[i] for i in idx], tokenizer.pad_token_id))
+    for idx in batching.batch_indices(len(examples), 5, 4, seed=0):
+        loss = sft.answer_loss(reference, batching.collate([examples[i] for i in idx], tokenizer.pad_token_id))
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -112,7 +112,7 @@ def test_bf16_steps_see_every_update_and_track_fp32(tiny):
     and the run stays within bf16's rounding of the fp32 run."""
     model, tokenizer = _adapted(tiny)
     start = _state(model)
-    batch = sft.collate(_examples(tokenizer)[:8], tokenizer.pad_token_id)
+    batch = batching.collate(_examples(tokenizer)[:8], tokenizer.pad_token_id)
     loss = lambda b: (sft.answer_loss(model, b), {})
     runs = {}
     for precision in ("fp32", "bf16"):
