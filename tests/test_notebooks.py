@@ -1,4 +1,6 @@
 """The notebooks: learner versions are current, blank and leak nothing; hidden tests reject wrong answers."""
+import contextlib
+import io
 import math
 import tomllib
 
@@ -9,6 +11,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from course_lib.batching import IGNORE_INDEX
+from course_lib.data import load_measurement
 from course_lib.grading import GradingError
 from grader.cells import setup_cell
 from grader.gradebook import stale_notebooks
@@ -70,8 +73,14 @@ def test_notebooks_take_their_thread_count_from_use_cores(name):
 def test_shipped_measurements_are_read_only_through_load_measurement(name):
     # load_measurement prints which script made the numbers that follow, so a learner can tell them from the
     # ones their own run computes; a notebook that opened the files itself would print them unmarked.
-    code = [c.source for c in read(ROOT / "solutions" / f"{name}.ipynb").cells if c.cell_type == "code"]
+    cells = read(ROOT / "solutions" / f"{name}.ipynb").cells
+    code = [c.source for c in cells if c.cell_type == "code"]
     assert not [src for src in code if '"measurements"' in src or "measurements/" in src]
+    # the introduction tells the learner how to read that mark, in the words load_measurement prints
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        load_measurement("notebook_times.json")
+    mark = printed.getvalue().split(":")[0]
+    assert "**Reading the numbers:**" in cells[0].source and mark in cells[0].source, name
 
 
 @pytest.mark.parametrize("name", NAMES)
