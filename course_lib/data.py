@@ -123,6 +123,18 @@ def load_measurement(name: str, announce: bool = True) -> dict:
     return json.loads(_shipped("measurements", name).read_text())
 
 
+def write_measurement(name: str, record: dict, folder: Path | None = None) -> Path:
+    """Write a measurement the way every script writes one (JSON, indent 1, a final newline, readable by all) to
+    the shipped folder (or ``folder``), where :func:`load_measurement` reads it; returns the path."""
+    if name not in MEASUREMENTS:
+        raise DataError(f"unknown measurement {name!r}: add it to data.MEASUREMENTS with the command that makes it")
+    path = (folder or _shipped("measurements")) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    path.chmod(0o644)
+    return path
+
+
 def tickets_path(split: str, first_split: bool = False) -> Path:
     """Path of one split of the packaged support-ticket data set (of the course's first, leaky split with
     ``first_split``)."""

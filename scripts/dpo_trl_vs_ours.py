@@ -12,12 +12,10 @@ the Topic 5 notebook plots next to its own live run.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -25,11 +23,10 @@ import torch
 
 from course_lib import align, dpo
 from course_lib.batching import batch_indices
-from course_lib.data import load_preferences
+from course_lib.data import load_preferences, write_measurement
 from course_lib.lora import ALL_LINEAR, inject_lora
 from course_lib.models import load_default_model
 
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "dpo_trl_vs_ours.json"
 SETTINGS = {"steps": 16, "batch_size": 4, "lr": 1e-3, "beta": 0.1, "sft_weight": 1.0, "r": 8, "alpha": 16,
             "targets": list(ALL_LINEAR),
             "seed": 0, "heldout_pairs": 32, "heldout_tickets": 16, "max_new_tokens": 60}
@@ -101,8 +98,7 @@ def main() -> None:
     trl = run_trl(train_pairs, test_pairs, tickets, ref)
     result = {"settings": SETTINGS, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
               "torch": torch.__version__, "ours": ours, "trl": trl}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    write_measurement("dpo_trl_vs_ours.json", result)
     for name in ("ours", "trl"):
         run = result[name]
         print(f"{name:5s} {run['seconds']:6.1f} s  loss {run['loss'][0]:.3f} -> {run['loss'][-1]:.3f}  "

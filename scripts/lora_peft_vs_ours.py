@@ -16,18 +16,16 @@ import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
 from course_lib import classify, lora, sft
-from course_lib.data import load_tickets
+from course_lib.data import load_tickets, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
 
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "lora_peft_vs_ours.json"
 RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 60, "batch_size": 8, "lr": 1e-3,
           "seed": 0}
 
@@ -74,8 +72,7 @@ def main() -> None:
     train, test = load_tickets("train"), load_tickets("test")
     record = {"recipe": RECIPE, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
               "torch": torch.__version__, "ours": run_ours(train, test), "peft_trainer": run_peft_trainer(train, test)}
-    OUT.write_text(json.dumps(record, indent=1) + "\n")
-    OUT.chmod(0o644)
+    write_measurement("lora_peft_vs_ours.json", record)
     print(json.dumps(record, indent=1))
 
 

@@ -22,18 +22,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from course_lib import approaches, knowledge, lora, metrics, sft, splits
-from course_lib.data import load_policies, load_tickets, ticket_adapter_path
+from course_lib.data import load_policies, load_tickets, ticket_adapter_path, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model, load_minilm
 from course_lib.retrieval import Retriever
 from make_ticket_adapter import RECIPE, train_adapter
 
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements"
 QA_RECIPE = {"r": 16, "alpha": 32, "target_modules": list(lora.ALL_LINEAR), "steps": 60, "batch_size": 8, "lr": 1e-3,
              "seed": 0}
 
@@ -130,12 +128,10 @@ def knowledge_task() -> dict:
 def main() -> None:
     use_cores()
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    OUT.mkdir(parents=True, exist_ok=True)
     for name, run in (("tickets", tickets), ("first_split", first_split), ("knowledge", knowledge_task)):
         if which in (name, "all"):
             record = run()
-            (OUT / f"approaches_{name}.json").write_text(json.dumps(record, indent=1) + "\n")
-            print(f"wrote {OUT / f'approaches_{name}.json'}")
+            print(f"wrote {write_measurement(f'approaches_{name}.json', record)}")
 
 
 if __name__ == "__main__":

@@ -36,21 +36,18 @@ import json
 import math
 import random
 import time
-from pathlib import Path
 
 import torch
 
 from make_tickets import OPENERS, make_ticket
 
 from course_lib import classify, lora, metrics
-from course_lib.data import TICKET_LABELS, load_tickets
+from course_lib.data import TICKET_LABELS, load_tickets, write_measurement
 from course_lib.dedup import near_duplicate_groups
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
 from course_lib.splits import leaks
 
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "data_quality.json"
-OUT_EPOCHS = OUT.with_name("data_quality_epochs.json")
 RECIPE = {"r": 8, "alpha": 16, "steps": 60, "batch_size": 8, "lr": 1e-3}
 NOISE = {"wrong_label": 0.20, "repeats": 1500, "leaked": 150}
 POOL = 5000
@@ -153,12 +150,11 @@ def main() -> None:
                                                             [r["correct"] for r in runs[b]]) for a, b in
                    [("clean 500", "clean 5000"), ("clean 5000", "noisy 5000"), ("clean 500", "noisy 5000"),
                     ("clean 500", "leaky 500")] if b in runs}
-    out = OUT_EPOCHS if epochs else OUT
     recipe = {**RECIPE, "steps": f"ceil({epochs} x examples / batch_size)"} if epochs else RECIPE
-    out.write_text(json.dumps({"recipe": recipe, "noise": NOISE, "pool": POOL, "seeds": seeds, "pools": pools,
-                               "test_size": len(test), "validation_size": len(validation),
-                               "results": {name: summarise(r) for name, r in runs.items()},
-                               "comparisons": comparisons}, indent=1) + "\n")
+    out = write_measurement("data_quality_epochs.json" if epochs else "data_quality.json", {
+        "recipe": recipe, "noise": NOISE, "pool": POOL, "seeds": seeds, "pools": pools,
+        "test_size": len(test), "validation_size": len(validation),
+        "results": {name: summarise(r) for name, r in runs.items()}, "comparisons": comparisons})
     print(f"wrote {out}")
 
 

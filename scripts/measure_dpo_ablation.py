@@ -19,19 +19,16 @@ per seed, with its mean and spread over the seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
-from pathlib import Path
 
 import torch
 
 from course_lib import align, batching, dpo, lora, metrics, sft
-from course_lib.data import load_preferences
+from course_lib.data import load_preferences, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
 
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "dpo_ablation.json"
 SETTINGS = {"r": 8, "alpha": 16, "steps": 16, "batch_size": 4, "lr": 1e-3, "beta": 0.1,
             "heldout_pairs": 24, "tickets": 16, "max_new_tokens": 60}
 MEASURES = ("style", "reward_accuracy", "reward_margin", "chosen_logprob_change", "rejected_logprob_change",
@@ -100,8 +97,7 @@ def main() -> None:
             print(name, {k: v for k, v in runs[-1].items() if k not in ("loss", "replies")}, flush=True)
         result[name] = {"runs": runs, **{key: metrics.seed_summary([r[key] for r in runs]) for key in MEASURES}}
     result["torch"] = torch.__version__
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
-    OUT.chmod(0o644)
+    write_measurement("dpo_ablation.json", result)
 
 
 if __name__ == "__main__":

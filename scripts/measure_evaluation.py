@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from course_lib import align, classify, lora, metrics, shifts
 from course_lib.data import (TICKET_LABELS, load_freeform_tickets, load_preferences, load_tickets,
                              reference_prose, reply_adapter_path, ticket_adapter_path)
+from course_lib.data import write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
 
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "evaluation.json"
 MAX_NEW_TOKENS = 72
 PROSE_TOKENS = 1024
 
@@ -109,8 +108,7 @@ def main() -> None:
     result["prose_tokens"] = PROSE_TOKENS
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["torch"] = torch.__version__
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
-    OUT.chmod(0o644)
+    write_measurement("evaluation.json", result)
     summary = {k: v for k, v in result.items() if k not in ("generation", "classification", "robustness")}
     summary["rouge_l"] = result["generation"]["rouge_l"]
     summary["right_answer"] = result["generation"]["right_answer"]

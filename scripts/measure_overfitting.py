@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from course_lib import classify, lora
-from course_lib.data import load_tickets
+from course_lib.data import load_tickets, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
 
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "overfitting_tickets.json"
 RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 300, "batch_size": 8, "lr": 1e-3,
           "seed": 0, "eval_every": 25, "validation_tickets": 90}
 
@@ -40,8 +38,7 @@ def main() -> None:
               "train_loss": history["loss"], "eval_step": history["eval_step"], "eval_loss": history["eval_loss"],
               "eval_accuracy": history["eval_accuracy"], "best_step": history["best_step"],
               "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__}
-    OUT.write_text(json.dumps(record, indent=1) + "\n")
-    OUT.chmod(0o644)
+    write_measurement("overfitting_tickets.json", record)
     print(json.dumps({k: v for k, v in record.items() if k != "train_loss"}, indent=1))
 
 

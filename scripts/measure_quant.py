@@ -26,18 +26,16 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import torch
 from torch import nn
 
 from course_lib import classify, lora, metrics, quant
-from course_lib.data import load_tickets, reference_prose
+from course_lib.data import load_tickets, reference_prose, write_measurement
 from course_lib.metrics import perplexity
 from course_lib.models import load_default_model
 
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements"
 PPL_TOKENS, WINDOW = 2048, 512
 METHODS = ("fp32", "int8", "int4", "nf4", "nf4-dq")
 
@@ -189,13 +187,12 @@ def main() -> None:
     if what == "_finetune_one":
         print(json.dumps(finetune_one(sys.argv[2])))
         return
-    OUT.mkdir(parents=True, exist_ok=True)
     if what in ("table", "all"):
-        (OUT / "quant_smollm2.json").write_text(json.dumps(table(), indent=1) + "\n")
+        write_measurement("quant_smollm2.json", table())
     if what in ("finetune", "all"):
-        (OUT / "qlora_tickets.json").write_text(json.dumps(finetune(), indent=1) + "\n")
+        write_measurement("qlora_tickets.json", finetune())
     if what in ("targets", "all"):
-        (OUT / "qlora_targets.json").write_text(json.dumps(targets(), indent=1) + "\n")
+        write_measurement("qlora_targets.json", targets())
 
 
 if __name__ == "__main__":

@@ -23,16 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from course_lib import classify, lora, metrics
-from course_lib.data import load_tickets
+from course_lib.data import load_tickets, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
 
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "measurements" / "lora_sweep.json"
 BASE = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"], "lr": 1e-3, "steps": 60, "batch_size": 8}
 SWEEPS = {
     "rank": [{"r": r, "alpha": 2 * r} for r in (1, 4, 8, 16, 64)],
@@ -75,10 +73,9 @@ def write(seeds: list[int], done: dict[str, list[dict]], held: list[dict]) -> No
     sweeps = {sweep: [entry(settings, done[json.dumps(settings, sort_keys=True)], recipe)
                       for settings in ({**BASE, **change} for change in changes)]
               for sweep, changes in SWEEPS.items()}
-    OUT.write_text(json.dumps({"base": BASE, "seeds": seeds, "validation_tickets": len(held), "sweeps": sweeps,
-                               "torch": torch.__version__}, indent=1) + "\n")
-    OUT.chmod(0o644)
-    print(f"wrote {OUT} ({len(seeds)} seeds)", flush=True)
+    out = write_measurement("lora_sweep.json", {"base": BASE, "seeds": seeds, "validation_tickets": len(held),
+                                                "sweeps": sweeps, "torch": torch.__version__})
+    print(f"wrote {out} ({len(seeds)} seeds)", flush=True)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ Run it on an idle machine: the numbers are wall-clock seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -22,8 +21,9 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from course_lib.data import load_measurement, write_measurement
+
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "course_lib" / "data" / "measurements" / "notebook_times.json"
 
 
 def cell_seconds(cell) -> float:
@@ -62,7 +62,7 @@ def main() -> None:
                    if not args.prefixes or any(p.stem.startswith(x) for x in args.prefixes))
     if not paths:
         sys.exit(f"no solution notebook starts with {args.prefixes}")
-    record = json.loads(OUT.read_text()) if OUT.exists() else {"notebooks": {}}
+    record = load_measurement("notebook_times.json", announce=False)
     for path in paths:
         result = time_notebook(path, args.keep)
         record["notebooks"][path.stem] = result
@@ -70,8 +70,7 @@ def main() -> None:
         print(f"{path.stem}: {result['seconds']:.0f} s; slowest: "
               + "; ".join(f"[{c['index']}] {c['seconds']:.0f} s {c['first_line']!r}" for c in slow), flush=True)
     record["total_seconds"] = round(sum(n["seconds"] for n in record["notebooks"].values()), 1)
-    OUT.write_text(json.dumps(record, indent=1) + "\n")
-    OUT.chmod(0o644)
+    write_measurement("notebook_times.json", record)
     print(f"all recorded notebooks: {record['total_seconds']:.0f} s")
 
 

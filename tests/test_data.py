@@ -9,7 +9,7 @@ import pytest
 
 from course_lib.data import (MEASUREMENTS, PREFERENCE_SPLITS, TICKET_LABELS, TICKET_SPLITS, DataError,
                              load_freeform_tickets, load_measurement, load_policies, load_preferences, load_tickets,
-                             near_duplicate_key, read_jsonl, write_jsonl)
+                             near_duplicate_key, read_jsonl, write_jsonl, write_measurement)
 from course_lib.splits import leaks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +182,18 @@ def test_every_shipped_measurement_names_the_command_that_made_it(capsys):
     assert "scripts/measure_data_quality.py" in capsys.readouterr().out
     with pytest.raises(DataError, match="unknown measurement"):
         load_measurement("data_quality")
+
+
+def test_scripts_write_measurements_one_way(tmp_path):
+    # write_measurement writes what load_measurement reads, in the shipped files' own format
+    shipped = ROOT / "course_lib" / "data" / "measurements" / "notebook_times.json"
+    path = write_measurement("notebook_times.json", json.loads(shipped.read_text()), folder=tmp_path)
+    assert path.read_bytes() == shipped.read_bytes() and path.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(DataError, match="unknown measurement"):
+        write_measurement("my_results.json", {}, folder=tmp_path)
+    for script in sorted({command.split()[0] for command in MEASUREMENTS.values()}):
+        source = (ROOT / script).read_text()
+        assert "write_measurement(" in source and '"measurements"' not in source, script
 
 
 def _check_seed_runs(summaries: dict, keys: tuple[str, ...]) -> None:
