@@ -12,6 +12,7 @@ the Topic 5 notebook plots next to its own live run.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import tempfile
@@ -87,6 +88,7 @@ def run_trl(train_pairs, test_pairs, tickets, ref) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
     torch.set_num_threads(os.cpu_count() or 1)
     pairs = load_preferences("train")
     # The pairs in the order train_dpo visits them; TRL reads them sequentially in the same order.

@@ -11,6 +11,7 @@ Measured: test accuracy (225 tickets), final training loss (mean of the last 10 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -68,6 +69,7 @@ def run_peft_trainer(train: list[dict], test: list[dict]) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
     use_cores()
     train, test = load_tickets("train"), load_tickets("test")
     record = {"recipe": RECIPE, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",

@@ -10,8 +10,8 @@ that RAG follows an edited document at once while a fine-tune keeps the old answ
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "policies"
@@ -96,4 +96,6 @@ def main(out: Path = OUT) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", type=Path, default=OUT, help=f"folder to write to (default {OUT})")
+    main(parser.parse_args().out)

@@ -18,8 +18,8 @@ number) or ``curt`` (blames the customer, no greeting). Nothing comes from real 
 """
 from __future__ import annotations
 
+import argparse
 import random
-import sys
 from pathlib import Path
 
 from course_lib.align import GREETING, SIGN_OFF
@@ -115,4 +115,6 @@ def write(folder: Path = OUT) -> None:
 
 
 if __name__ == "__main__":
-    write(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", type=Path, default=OUT, help=f"folder to write to (default {OUT})")
+    write(parser.parse_args().out)

@@ -10,6 +10,7 @@ embedded SmolLM2-135M-Instruct on the 400 training tickets of the preference dat
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -25,6 +26,7 @@ RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
     use_cores()
     torch.manual_seed(RECIPE["seed"])
     model, tokenizer = load_default_model(device="cpu")

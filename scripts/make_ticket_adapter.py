@@ -9,6 +9,7 @@ measured here is written next to it (``training.json``) and checked by tests/tes
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -34,6 +35,7 @@ def train_adapter(model, tokenizer, rows: list[dict]) -> tuple[dict, float]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
     use_cores()
     model, tokenizer = load_default_model(device="cpu")
     history, seconds = train_adapter(model, tokenizer, load_tickets("train"))

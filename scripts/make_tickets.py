@@ -17,9 +17,9 @@ ticket with a training near duplicate. Both splits hold the same 1,500 tickets.
 """
 from __future__ import annotations
 
+import argparse
 import random
 import re
-import sys
 from pathlib import Path
 
 from course_lib.data import near_duplicate_key, write_jsonl
@@ -211,4 +211,6 @@ def write(folder: Path = OUT) -> None:
 
 
 if __name__ == "__main__":
-    write(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", type=Path, default=OUT, help=f"folder to write to (default {OUT})")
+    write(parser.parse_args().out)

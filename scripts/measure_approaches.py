@@ -19,8 +19,8 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 import torch
@@ -127,7 +127,9 @@ def knowledge_task() -> dict:
 
 def main() -> None:
     use_cores()
-    which = sys.argv[1] if len(sys.argv) > 1 else "all"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", nargs="?", default="all", choices=("tickets", "first_split", "knowledge", "all"))
+    which = parser.parse_args().which
     for name, run in (("tickets", tickets), ("first_split", first_split), ("knowledge", knowledge_task)):
         if which in (name, "all"):
             record = run()

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -51,6 +52,7 @@ def classification(predictions: list[str], rows: list[dict]) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
     use_cores()
     start = time.perf_counter()
     model, tokenizer = load_default_model(device="cpu")

@@ -7,6 +7,7 @@ tickets every 25 steps and no early stopping, so the whole curve is seen; the be
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -22,6 +23,7 @@ RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
     use_cores()
     torch.manual_seed(RECIPE["seed"])
     model, tokenizer = load_default_model(device="cpu")

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import ctypes
 import gc
@@ -33,6 +34,7 @@ from torch import nn
 
 from course_lib import classify, lora, metrics, quant
 from course_lib.data import load_tickets, reference_prose, write_measurement
+from course_lib.device import use_cores
 from course_lib.metrics import perplexity
 from course_lib.models import load_default_model
 
@@ -182,10 +184,14 @@ def targets(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
 
 
 def main() -> None:
-    torch.set_num_threads(os.cpu_count() or 1)
-    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    use_cores()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", nargs="?", default="all", choices=("table", "finetune", "targets", "all", "_finetune_one"))
+    parser.add_argument("method", nargs="?", help="with _finetune_one (run by finetune in a child): the base to train on")
+    args = parser.parse_args()
+    what = args.what
     if what == "_finetune_one":
-        print(json.dumps(finetune_one(sys.argv[2])))
+        print(json.dumps(finetune_one(args.method)))
         return
     if what in ("table", "all"):
         write_measurement("quant_smollm2.json", table())
