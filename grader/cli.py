@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grader-memory-mb", type=int, default=Limits.grader_memory_mb,
                    help="memory the grader itself may add per submission (reading it, the tests' computations)")
     p.add_argument("--cell-timeout", type=int, default=Limits.cell_timeout_s, help="seconds per cell")
-    p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_timeout_s, help="seconds per submission: its notebook, restarts and every call of the tests")
+    p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_timeout_s,
+                   help="seconds per submission: its notebook, restarts and every call of the tests")
     p.add_argument("--run-all-cells", action="store_true",
                    help="also run the cells the course tags skip-grading (demos, training runs): slower")
     p.add_argument("--shard", metavar="K/N", help="grade only the students of shard K of N (0 <= K < N; e.g. a job "

@@ -8,8 +8,9 @@ overhead per notebook.
                                                           # one course notebook, every cell: plain execution vs grading
 
 The batch is graded sandboxed, through the same function as `python -m grader grade` (which first grades the
-notebook's own solution, the canary), once with one job and once with two, each in its own course folder whose gradebook already exists (as in a running course: nbgrader
-creates it once, on the first release, which costs ~2.5 s of its own); it prints both times and the ratio.
+notebook's own solution, the canary), once with one job and once with two, each in its own course folder whose
+gradebook already exists (as in a running course: nbgrader creates it once, on the first release, which costs ~2.5 s
+of its own); it prints both times and the ratio.
 With --overhead it also executes the solution notebook once with plain nbclient (no sandbox, no grader) and
 prints the grading time minus that.
 """

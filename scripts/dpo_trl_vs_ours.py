@@ -88,7 +88,8 @@ def run_trl(train_pairs, test_pairs, tickets, ref) -> dict:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()  # --help prints the docstring: what it measures and where it writes
     torch.set_num_threads(os.cpu_count() or 1)
     pairs = load_preferences("train")
     # The pairs in the order train_dpo visits them; TRL reads them sequentially in the same order.

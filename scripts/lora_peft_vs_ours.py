@@ -69,7 +69,8 @@ def run_peft_trainer(train: list[dict], test: list[dict]) -> dict:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()  # --help prints the docstring: what it measures and where it writes
     use_cores()
     train, test = load_tickets("train"), load_tickets("test")
     record = {"recipe": RECIPE, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",

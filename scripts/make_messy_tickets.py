@@ -43,7 +43,8 @@ NAMES = ["Sam Lee", "Maria Garcia", "Tom", "Aisha Khan", "Jonas", "Priya Patel"]
 def _pii(rng: random.Random) -> str:
     kind = rng.choice(["email", "phone", "card", "name"])
     if kind == "email":
-        return f" You can reach me at {rng.choice(['sam.lee', 'maria_g', 'tk1984', 'a.khan'])}@{rng.choice(['mail.com', 'example.org', 'post.co.uk'])}."
+        user, host = rng.choice(['sam.lee', 'maria_g', 'tk1984', 'a.khan']), rng.choice(['mail.com', 'example.org', 'post.co.uk'])
+        return f" You can reach me at {user}@{host}."
     if kind == "phone":
         return f" Call me on {rng.choice(['+44 20 7946 0958', '(555) 123-4567', '+1 415 555 0132', '030 1234567'])}."
     if kind == "card":

@@ -26,7 +26,8 @@ RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()  # --help prints the docstring: what it measures and where it writes
     use_cores()
     torch.manual_seed(RECIPE["seed"])
     model, tokenizer = load_default_model(device="cpu")

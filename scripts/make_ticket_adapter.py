@@ -35,7 +35,8 @@ def train_adapter(model, tokenizer, rows: list[dict]) -> tuple[dict, float]:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()  # --help prints the docstring: what it measures and where it writes
     use_cores()
     model, tokenizer = load_default_model(device="cpu")
     history, seconds = train_adapter(model, tokenizer, load_tickets("train"))

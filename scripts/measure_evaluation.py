@@ -52,7 +52,8 @@ def classification(predictions: list[str], rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help: what it measures and writes
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()  # --help prints the docstring: what it measures and where it writes
     use_cores()
     start = time.perf_counter()
     model, tokenizer = load_default_model(device="cpu")

@@ -215,8 +215,10 @@ def _cases(paths: dict) -> dict:
                                  "    return _real(path, dict(namespace, lora_scale=lambda a, r: F(a, r)))\n"
                                  "_w.serve = _serve\ndef lora_scale(alpha, r):\n    return 0.0"), 2, "reference implementation"),
         "ref_source_copy": (_answers(scale="import ast, glob, marshal, os, sys\n_mod = sys.modules['course_lib.' + 'lora']\n"
-                                     "_ns = {}\nfor _pyc in glob.glob(os.path.join(os.path.dirname(_mod.__file__), '__pycache__', 'lora*.pyc')):\n"
-                                     "    try:\n        exec(marshal.loads(open(_pyc, 'rb').read()[16:]), _ns)\n    except Exception:\n        pass\n"
+                                     "_ns = {}\n"
+                                     "for _pyc in glob.glob(os.path.join(os.path.dirname(_mod.__file__), '__pycache__', 'lora*.pyc')):\n"
+                                     "    try:\n        exec(marshal.loads(open(_pyc, 'rb').read()[16:]), _ns)\n"
+                                     "    except Exception:\n        pass\n"
                                      "_tree = ast.parse(open(_mod.__file__).read())\n"
                                      "for _n in _tree.body:\n    if isinstance(_n, ast.FunctionDef) and _n.name == 'lora_' + 'scaling':\n"
                                      "        exec(compile(ast.Module([_n], []), 'mine.py', 'exec'), _ns)\n"

@@ -102,7 +102,7 @@ def test_merge_and_unmerge(tiny):
     model, tokenizer = tiny
     ours, _ = _pair(model)
     batch = _batch(tokenizer)
-    weights = {n: l.base_layer.weight.clone() for n, l in lora.lora_layers(ours)}
+    weights = {n: layer.base_layer.weight.clone() for n, layer in lora.lora_layers(ours)}
     with torch.no_grad():
         unmerged = ours(**batch).logits
         lora.merge_lora(ours)

@@ -23,7 +23,8 @@ def test_text_without_personal_data_is_unchanged():
 
 _digits = st.text(alphabet="0123456789", min_size=1, max_size=1)
 _card = st.lists(_digits, min_size=13, max_size=19).flatmap(
-    lambda ds: st.sampled_from([" ", "-", ""]).map(lambda sep: "".join(d + (sep if i % 4 == 3 else "") for i, d in enumerate(ds)).strip(" -")))
+    lambda ds: st.sampled_from([" ", "-", ""]).map(
+        lambda sep: "".join(d + (sep if i % 4 == 3 else "") for i, d in enumerate(ds)).strip(" -")))
 _email = st.from_regex(r"[a-z][a-z0-9._+]{0,10}@[a-z][a-z0-9-]{0,8}\.(com|org|co\.uk|de)", fullmatch=True)
 _filler = st.text(alphabet="abcdefghij ,.!?", max_size=30)
 

@@ -235,7 +235,7 @@ def test_qlora_learns_on_cpu(tiny):
     for name, m in model.named_modules():
         if isinstance(m, quant.QuantLinear):
             assert torch.equal(m.codes, codes[name.replace(".base_layer", "")])
-    layer = next(l for _, l in lora.lora_layers(model))
+    layer = next(found for _, found in lora.lora_layers(model))
     with pytest.raises(ValueError, match="cannot merge into a quantized base"):
         layer.merge()
 
