@@ -246,13 +246,22 @@ def test_qlora_targets_compare_the_same_adapters_on_both_bases_over_seeds():
     assert trainable["fp32 all linear"] == trainable["nf4 all linear"] and min(trainable["nf4 all linear"]) > 460_800
 
 
-def test_lora_sweep_changes_one_setting_at_a_time_around_the_recipe():
+def test_lora_sweep_changes_one_setting_at_a_time_around_the_recipe_over_seeds():
     measured = _measurement("lora_sweep.json")
-    base = measured["base"]
-    keys = {"rank": ("r", "alpha"), "lr": ("lr",), "alpha": ("alpha",), "targets": ("targets",)}
-    for sweep, runs in measured["sweeps"].items():
-        assert any(all(run[k] == base[k] for k in base) for run in runs), f"{sweep} lacks the recipe itself"
-        for run in runs:
-            assert {k for k in base if run[k] != base[k]} <= set(keys[sweep]), (sweep, run)
-            assert 0 <= run["validation_accuracy"] <= 1 and run["train_seconds"] > 0
-    assert [run["r"] for run in measured["sweeps"]["rank"]] == [1, 4, 8, 16, 64]
+    base, seeds = measured["base"], measured["seeds"]
+    keys = {"rank": ("r", "alpha"), "lr": ("lr",), "alpha": ("alpha",)}
+    for sweep, entries in measured["sweeps"].items():
+        recipes = [e for e in entries if all(e[k] == base[k] for k in base)]
+        assert len(recipes) == 1, f"{sweep} lacks the recipe itself"
+        for e in entries:
+            assert {k for k in base if e[k] != base[k]} <= set(keys[sweep]), (sweep, e)
+            spread = {"runs": e["runs"], "validation_accuracy": e["validation_accuracy_spread"]}
+            _check_seed_runs(spread, ("validation_accuracy",))
+            assert [r["seed"] for r in e["runs"]] == seeds
+            assert e["validation_accuracy"] == spread["validation_accuracy"]["mean"]
+            assert all(0 <= r["validation_accuracy"] <= 1 and r["train_seconds"] > 0 for r in e["runs"])
+            if e is not recipes[0]:  # paired with the recipe's run of the same seed
+                differences = [p["difference"] for p in e["vs_recipe"]["per_seed"]]
+                assert differences == pytest.approx([a["validation_accuracy"] - b["validation_accuracy"]
+                                                     for a, b in zip(e["runs"], recipes[0]["runs"])])
+    assert [e["r"] for e in measured["sweeps"]["rank"]] == [1, 4, 8, 16, 64]
