@@ -42,7 +42,7 @@ import torch
 from make_tickets import OPENERS, make_ticket
 
 from course_lib import classify, lora, metrics
-from course_lib.data import TICKET_LABELS, load_tickets, write_measurement
+from course_lib.data import MEASUREMENTS, TICKET_LABELS, load_tickets, write_measurement
 from course_lib.dedup import near_duplicate_groups
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
@@ -130,6 +130,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="train every set but the leaky one for this many epochs")
     args = parser.parse_args()
     seeds, epochs = args.seeds, args.epochs
+    out_name = "data_quality_epochs.json" if epochs else "data_quality.json"
+    if out_name not in MEASUREMENTS:  # checked before hours of training, not after
+        parser.error(f"{out_name} is not in course_lib.data.MEASUREMENTS: map it to this command first")
     use_cores()
     test, validation = load_tickets("test"), load_tickets("validation")
     runs: dict[str, list[dict]] = {}
@@ -151,7 +154,7 @@ def main() -> None:
                    [("clean 500", "clean 5000"), ("clean 5000", "noisy 5000"), ("clean 500", "noisy 5000"),
                     ("clean 500", "leaky 500")] if b in runs}
     recipe = {**RECIPE, "steps": f"ceil({epochs} x examples / batch_size)"} if epochs else RECIPE
-    out = write_measurement("data_quality_epochs.json" if epochs else "data_quality.json", {
+    out = write_measurement(out_name, {
         "recipe": recipe, "noise": NOISE, "pool": POOL, "seeds": seeds, "pools": pools,
         "test_size": len(test), "validation_size": len(validation),
         "results": {name: summarise(r) for name, r in runs.items()}, "comparisons": comparisons})
