@@ -108,6 +108,14 @@ def predict(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[
     return [labels[i] for i in scores.argmax(-1).tolist()]
 
 
+def correct(model: nn.Module, tokenizer, rows: Sequence[dict], batch_size: int = 16,
+            progress: bool = True) -> list[bool]:
+    """Per ticket row (a dict with ``text`` and ``label``), whether ``model`` labels it right: what a paired test
+    of two models on the same rows (``metrics.mcnemar``) compares."""
+    preds = predict(model, tokenizer, [r["text"] for r in rows], batch_size=batch_size, progress=progress)
+    return [p == r["label"] for p, r in zip(preds, rows)]
+
+
 def evaluate(model: nn.Module, tokenizer, rows: Sequence[dict], batch_size: int = 16,
              progress: bool = True) -> float:
     """Accuracy of ``model`` on ticket rows (dicts with ``text`` and ``label``)."""

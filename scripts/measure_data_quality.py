@@ -105,10 +105,10 @@ def train_and_test(rows: list[dict], test: list[dict], validation: list[dict], s
     history = classify.train_classifier(model, tokenizer, rows, steps=steps, batch_size=RECIPE["batch_size"],
                                         lr=RECIPE["lr"], seed=seed)
     seconds = time.perf_counter() - start
-    predictions = classify.predict(model, tokenizer, [r["text"] for r in test])
+    correct = classify.correct(model, tokenizer, test)
     found = {i for i, _, _ in leaks([r["text"] for r in rows], [r["text"] for r in test], threshold=0.7)}
-    correct = [p == r["label"] for p, r in zip(predictions, test)]
-    return {"seed": seed, "examples": len(rows), "steps": steps, "train_seconds": round(seconds, 1), "final_loss": history["loss"][-1],
+    return {"seed": seed, "examples": len(rows), "steps": steps, "train_seconds": round(seconds, 1),
+            "final_loss": history["loss"][-1],
             "test_accuracy": sum(correct) / len(test),
             "validation_accuracy": classify.evaluate(model, tokenizer, validation),
             "test_items_with_a_near_duplicate_in_train": len(found),

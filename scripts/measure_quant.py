@@ -164,12 +164,10 @@ def targets(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
                 trainable = lora.count_parameters(model)[0]
                 history = classify.train_classifier(model, tokenizer, train, steps=60, batch_size=8, lr=1e-3,
                                                     seed=seed, progress=False)
-                predictions = classify.predict(model, tokenizer, [r["text"] for r in test], batch_size=32,
-                                               progress=False)
+                correct = classify.correct(model, tokenizer, test, batch_size=32, progress=False)
                 run = {"seed": seed, "trainable": trainable, "train_seconds": round(history["seconds"][-1], 1),
                        "final_loss": history["loss"][-1],
-                       "test_accuracy": metrics.accuracy(predictions, [r["label"] for r in test]),
-                       "correct": [p == r["label"] for p, r in zip(predictions, test)]}
+                       "test_accuracy": sum(correct) / len(test), "correct": correct}
                 runs.setdefault(f"{base} {name}", []).append(run)
                 print(base, name, {k: v for k, v in run.items() if k != "correct"}, flush=True)
     pairs = {f"{b} vs {a}": metrics.paired_over_seeds([r["correct"] for r in runs[a]], [r["correct"] for r in runs[b]])

@@ -49,8 +49,7 @@ def run(settings: dict, seed: int, train: list[dict], held: list[dict]) -> dict:
                                         batch_size=settings["batch_size"], lr=settings["lr"], seed=seed,
                                         progress=False)
     seconds = time.perf_counter() - start
-    predictions = classify.predict(model, tokenizer, [r["text"] for r in held], progress=False)
-    correct = [p == r["label"] for p, r in zip(predictions, held)]
+    correct = classify.correct(model, tokenizer, held, progress=False)
     return {"seed": seed, "trainable": trainable, "train_seconds": round(seconds, 1),
             "final_loss": sum(history["loss"][-10:]) / 10, "validation_accuracy": sum(correct) / len(held),
             "correct": correct}

@@ -78,3 +78,17 @@ def test_encode_example_ends_the_answer_as_the_chat_template_does(tiny):
     answer = [lab for lab in labels if lab != batching.IGNORE_INDEX]
     assert tokenizer.decode(answer) == "delivery<|endoftext|>" and ids[-len(answer):] == answer
     assert ids[:len(ids) - len(answer)] == classify.prompt_ids(tokenizer, "My parcel is late.")
+
+
+def test_correct_marks_each_row_as_predict_labels_it_and_evaluate_averages_it(tiny):
+    model, tokenizer = tiny
+    rows = load_tickets("validation")[:12]
+    predicted = classify.predict(model, tokenizer, [r["text"] for r in rows], progress=False)
+    # every row right, then every row wrong: the marks follow the labels, not only the predictions
+    right = [{**r, "label": p} for r, p in zip(rows, predicted)]
+    wrong = [{**r, "label": next(x for x in TICKET_LABELS if x != p)} for r, p in zip(rows, predicted)]
+    assert classify.correct(model, tokenizer, right, progress=False) == [True] * 12
+    assert classify.correct(model, tokenizer, wrong, batch_size=5, progress=False) == [False] * 12
+    marks = classify.correct(model, tokenizer, rows, progress=False)
+    assert marks == [p == r["label"] for p, r in zip(predicted, rows)]
+    assert classify.evaluate(model, tokenizer, rows, progress=False) == sum(marks) / len(rows)
