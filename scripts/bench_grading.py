@@ -88,7 +88,7 @@ def bench(name: str, count: int, jobs_list: list[int], overhead: bool, limits: L
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notebook", default="00_fixture", help="a notebook name, 00_fixture, or all")
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2])

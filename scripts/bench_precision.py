@@ -52,7 +52,7 @@ def run(model, tokenizer, initial: list[torch.Tensor], train_pairs: list[dict], 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     use_cores()

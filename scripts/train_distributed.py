@@ -28,7 +28,7 @@ from course_lib.models import DEFAULT_MODEL_ID, load_default_model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
