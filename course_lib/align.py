@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .chat_format import messages
 from .batching import IGNORE_INDEX
+from .chat_format import messages
 from .sft import labelled_logprobs
 
 SYSTEM_PROMPT = "You are the support assistant of Acme, an online shop."

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .batching import IGNORE_INDEX, length_batches, pad
 from .chat_format import messages
 from .data import TICKET_LABELS
 from .metrics import accuracy
-from .batching import IGNORE_INDEX, length_batches, pad
 from .sft import render_chat, sft_example, train_sft
 
 SYSTEM_PROMPT = f"Classify this support ticket as {', '.join(TICKET_LABELS[:-1])} or {TICKET_LABELS[-1]}."

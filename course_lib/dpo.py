@@ -13,9 +13,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .align import chat
-from .lora import adapters_disabled
-from .device import mixed_precision
 from .batching import IGNORE_INDEX, batch_indices, collate, length_batches
+from .device import mixed_precision
+from .lora import adapters_disabled
 from .sft import sft_example
 from .training import TrainConfig, train
 

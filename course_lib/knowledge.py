@@ -17,10 +17,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .align import generate_replies, sequence_logprobs
+from .batching import collate
 from .chat_format import messages
 from .metrics import accuracy
 from .retrieval import Retriever
-from .batching import collate
 from .sft import sft_example
 
 SHOP = "Brightmoor Home Supplies"

@@ -10,9 +10,9 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from .decision import PRICE_SHEETS, CostModel, break_even_requests, monthly_costs, recommend
+from .memory import TransformerShape, lora_summary
 from .metrics import win_rate
 from .quant import fake_quantize, quantization_snr_db
-from .memory import TransformerShape, lora_summary
 
 def _render(s: dict[str, float], name: str, measured: dict[int, dict] | None = None) -> str:
     rows = [

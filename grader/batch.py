@@ -23,10 +23,10 @@ from .gradebook import export, open_course, record, release
 from .paths import DEFAULT_COURSE, SOLUTIONS, GraderError
 from .rebuild import solved
 from .report import write_reports
+from .results import Exercise, Result
 from .run import Task, grade_one
 from .sandbox import Limits, SandboxUnavailable, bwrap, run_folder, sweep_stale
 from .submissions import find_submissions, unpack
-from .results import Exercise, Result
 from .verdicts import blank_verdicts
 
 SHARDS = "shards"  # the folder under --out where each shard writes its results

@@ -27,12 +27,12 @@ from pathlib import Path
 import nbformat
 
 from .bounded import Overrun, in_child, memory_bound
-from .kernel import KernelSession, sanitize_outputs
 from .cells import grade_id, is_skipped
+from .kernel import KernelSession, sanitize_outputs
 from .rebuild import SubmissionError, read_submission, rebuild
 from .references import Removal, declared, removal
-from .sandbox import Limits, Sandbox
 from .results import Result
+from .sandbox import Limits, Sandbox
 from .verdicts import blank_verdicts, decide, reference_uses
 
 

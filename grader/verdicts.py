@@ -24,8 +24,8 @@ from course_lib.grading import GradingError
 
 from .cells import grade_id, setup_cell
 from .kernel import KernelSession, LearnerCallError
-from .results import Exercise, safe_text
 from .references import UNAVAILABLE_ERROR
+from .results import Exercise, safe_text
 
 HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS\n?", re.S)
 

@@ -18,8 +18,8 @@ import torch
 
 from course_lib import align, dpo
 from course_lib.data import load_preferences
-from course_lib.lora import ALL_LINEAR, adapters_disabled, inject_lora, lora_layers
 from course_lib.device import bf16_native, mixed_precision, use_cores
+from course_lib.lora import ALL_LINEAR, adapters_disabled, inject_lora, lora_layers
 from course_lib.models import load_default_model
 
 

@@ -18,11 +18,11 @@ import time
 import torch
 
 from course_lib import align, dpo
-from course_lib.data import load_preferences
-from course_lib.lora import ALL_LINEAR, inject_lora
-from course_lib.device import bf16_native, mixed_precision, use_cores
-from course_lib.models import load_default_model
 from course_lib.batching import batch_indices
+from course_lib.data import load_preferences
+from course_lib.device import bf16_native, mixed_precision, use_cores
+from course_lib.lora import ALL_LINEAR, inject_lora
+from course_lib.models import load_default_model
 
 
 
