@@ -20,6 +20,7 @@ from .chat_format import messages
 from .data import TICKET_LABELS
 from .metrics import accuracy
 from .sft import render_chat, sft_example, train_sft
+from .training import TrainConfig
 
 SYSTEM_PROMPT = f"Classify this support ticket as {', '.join(TICKET_LABELS[:-1])} or {TICKET_LABELS[-1]}."
 
@@ -123,11 +124,16 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence[dict], batch_size: int 
     return accuracy(preds, [r["label"] for r in rows])
 
 
-def train_classifier(model: nn.Module, tokenizer, rows: Sequence[dict], steps: int = 60, batch_size: int = 8,
-                     lr: float = 1e-3, seed: int = 0, progress: bool = True, **options) -> dict:
+def examples(tokenizer, rows: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
+    """The (input_ids, labels) training example of each ticket row (:func:`encode_example`)."""
+    return [encode_example(tokenizer, r["text"], r["label"]) for r in rows]
+
+
+def train_classifier(model: nn.Module, tokenizer, rows: Sequence[dict], config: TrainConfig = TrainConfig(steps=60),
+                     **options) -> dict:
     """Fine-tune the trainable parameters of ``model`` (e.g. LoRA adapters) on ticket rows:
-    :func:`course_lib.sft.train_sft` on each ticket's prompt and label (``options`` as there)."""
-    examples = [encode_example(tokenizer, r["text"], r["label"]) for r in rows]
-    return train_sft(model, examples, tokenizer.pad_token_id, steps, batch_size, lr, seed, progress, **options)
+    :func:`course_lib.sft.train_sft` on each ticket's prompt and label, with the ``config`` and ``options``
+    (validation, metric, progress, accelerator) as there."""
+    return train_sft(model, examples(tokenizer, rows), tokenizer.pad_token_id, config, **options)
 
 

@@ -4,7 +4,7 @@
 preference pairs (DPO eq. 7), with no reward model and no sampling. Also cDPO and IPO."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .align import chat
-from .batching import IGNORE_INDEX, batch_indices, collate, length_batches
+from .batching import IGNORE_INDEX, collate, length_batches
 from .device import mixed_precision
 from .lora import adapters_disabled
 from .sft import sft_example
@@ -171,21 +171,23 @@ def examples_logprobs(model: nn.Module, examples: Sequence[dict[str, list[int]]]
     return chosen, rejected
 
 
-def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 20, batch_size: int = 4,
-              lr: float = 5e-4, beta: float = 0.1, sft_weight: float = 0.0, seed: int = 0, progress: bool = True,
-              precision: str = "fp32", **loss_kwargs) -> dict[str, list[float]]:
-    """Preference-tune the trainable parameters of ``model`` (LoRA adapters on a frozen base) with
-    :func:`dpo_loss` and AdamW. The reference is the frozen base: the model with its adapters switched off
-    (:func:`course_lib.lora.adapters_disabled`), whatever earlier training did to them, so a second call goes
-    on from where the first stopped against the same reference. Its log-probabilities on the pairs to be seen
-    are computed once, before training (TRL's ``precompute_ref_log_probs``). With ``loss_type="ipo"`` the
-    log-probabilities are per-token means, as TRL computes them for IPO (its 1/(2 beta) target is then a
-    per-token margin). ``sft_weight`` > 0 adds that multiple of the mean negative log-likelihood of the chosen
-    replies' tokens (TRL's ``loss_type=["sigmoid", "sft"]``, the RPO recipe of Pang et al. 2024): it keeps DPO
-    from lowering the chosen replies' likelihood along with the rejected ones'. Each pair is one prefix-shared
-    sequence (:func:`shared_prefix_example`), for policy and reference alike.
-    ``precision`` (as in :class:`~course_lib.training.TrainConfig`) applies to the reference log-probabilities
-    too, so that before the first update the policy's equal them.
+def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict],
+              config: TrainConfig = TrainConfig(steps=20, batch_size=4, lr=5e-4), *, beta: float = 0.1,
+              sft_weight: float = 0.0, metric: Callable[[], dict[str, float]] | None = None, progress: bool = True,
+              accelerator=None, **loss_kwargs) -> dict[str, list[float]]:
+    """Preference-tune the trainable parameters of ``model`` (LoRA adapters on a frozen base) with :func:`dpo_loss`
+    and :func:`course_lib.training.train` under ``config`` (batch size, learning rate, seed, accumulation, schedule,
+    precision; with ``metric``, e.g. a held-out reward accuracy, every ``config.eval_every`` steps, the best
+    checkpoint and early stopping). The reference is the frozen base: the model with its adapters switched off
+    (:func:`course_lib.lora.adapters_disabled`), whatever earlier training did to them, so a second call goes on
+    from where the first stopped against the same reference. Its log-probabilities on the pairs to be seen are
+    computed once, before training (TRL's ``precompute_ref_log_probs``). With ``loss_type="ipo"`` the
+    log-probabilities are per-token means, as TRL computes them for IPO (its 1/(2 beta) target is then a per-token
+    margin). ``sft_weight`` > 0 adds that multiple of the mean negative log-likelihood of the chosen replies' tokens
+    (TRL's ``loss_type=["sigmoid", "sft"]``, the RPO recipe of Pang et al. 2024): it keeps DPO from lowering the
+    chosen replies' likelihood along with the rejected ones'. Each pair is one prefix-shared sequence
+    (:func:`shared_prefix_example`), for policy and reference alike. The config's ``precision`` applies to the
+    reference log-probabilities too, so that before the first update the policy's equal them.
 
     Returns per-step ``loss``, ``margin``, ``accuracy``, ``chosen_reward``, ``rejected_reward``, ``seconds``.
     """
@@ -194,11 +196,11 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
         raise ValueError("model has no trainable parameters: inject LoRA adapters first")
     device = params[0].device
     average = loss_kwargs.get("loss_type") == "ipo"
-    batches = [[pairs[i] for i in idx] for idx in batch_indices(len(pairs), steps, batch_size, seed)]
+    batches = [[pairs[i] for i in idx] for idx in config.micro_batches(len(pairs))]
     seen = {id(p): p for b in batches for p in b}
     model.eval()
     examples = {key: shared_prefix_example(tokenizer, pair) for key, pair in seen.items()}
-    with adapters_disabled(model), mixed_precision(device, precision):
+    with adapters_disabled(model), mixed_precision(device, config.precision):
         ref_c, ref_r = examples_logprobs(model, list(examples.values()), tokenizer.pad_token_id, progress=progress,
                                          average=average)
     ref = {key: (c, r) for key, c, r in zip(seen, ref_c, ref_r)}
@@ -219,5 +221,4 @@ def train_dpo(model: nn.Module, tokenizer, pairs: Sequence[dict], steps: int = 2
                       "chosen_reward": out.chosen_rewards.mean().item(),
                       "rejected_reward": out.rejected_rewards.mean().item()}
 
-    return train(model, batches, step_loss, TrainConfig(steps=steps, lr=lr, precision=precision), progress=progress,
-                 desc="DPO")
+    return train(model, batches, step_loss, config, metric, progress, desc="DPO", accelerator=accelerator)

@@ -2,13 +2,12 @@
 -log sigmoid(r_chosen - r_rejected) (Ouyang et al. 2022, InstructGPT, eq. 1): the first stage of RLHF."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import batch_indices
 from .training import TrainConfig, train
 
 
@@ -64,11 +63,14 @@ def load_reward_model(seed: int = 0, train_layers: int = 1) -> RewardModel:
     return RewardModel(encoder, tokenizer, train_layers=train_layers)
 
 
-def train_reward_model(model: RewardModel, pairs: Sequence[dict], steps: int = 60, batch_size: int = 16,
-                       lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
-    """Train on preference pairs (dicts with prompt/chosen/rejected) with the Bradley-Terry loss and AdamW
-(:func:`course_lib.training.train`). Returns per-step ``loss`` and ``accuracy`` (fraction of pairs in the batch
-ranked correctly)."""
+def train_reward_model(model: RewardModel, pairs: Sequence[dict],
+                       config: TrainConfig = TrainConfig(steps=60, batch_size=16), *,
+                       metric: Callable[[], dict[str, float]] | None = None, progress: bool = True,
+                       accelerator=None) -> dict[str, list[float]]:
+    """Train on preference pairs (dicts with prompt/chosen/rejected) with the Bradley-Terry loss and
+    :func:`course_lib.training.train` under ``config`` (with ``metric``, e.g. held-out :func:`pairwise_accuracy`,
+    every ``config.eval_every`` steps, the best checkpoint and early stopping). Returns per-step ``loss`` and
+    ``accuracy`` (fraction of pairs in the batch ranked correctly)."""
     def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict]:
         rows = [pairs[i] for i in idx]
         prompts = [r["prompt"] for r in rows]
@@ -76,8 +78,8 @@ ranked correctly)."""
         chosen, rejected = rewards.chunk(2)
         return bradley_terry_loss(chosen, rejected), {"accuracy": (chosen > rejected).float().mean().item()}
 
-    return train(model, batch_indices(len(pairs), steps, batch_size, seed), step_loss, TrainConfig(steps=steps, lr=lr),
-                 progress=progress, desc="reward model")
+    return train(model, config.micro_batches(len(pairs)), step_loss, config, metric, progress, desc="reward model",
+                 accelerator=accelerator)
 
 
 def pairwise_accuracy(model: RewardModel, pairs: Sequence[dict]) -> float:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .batching import IGNORE_INDEX, batch_indices, collate, length_batches
+from .batching import IGNORE_INDEX, collate, length_batches
 from .training import TrainConfig, train
 
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
@@ -101,35 +101,20 @@ def eval_loss(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]],
     return total / count
 
 
-def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad_id: int, steps: int = 60,
-              batch_size: int = 8, lr: float = 1e-3, seed: int = 0, progress: bool = True, *,
-              accumulation: int = 1, warmup_steps: int = 0, schedule: str = "constant",
-              validation: Sequence[tuple[list[int], list[int]]] | None = None, eval_every: int = 0,
-              patience: int = 0, metric: Callable[[], dict[str, float]] | None = None, monitor: str = "loss",
-              mode: str = "min", precision: str = "fp32", accelerator=None) -> dict:
+def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad_id: int,
+              config: TrainConfig = TrainConfig(steps=60), *,
+              validation: Sequence[tuple[list[int], list[int]]] | None = None,
+              metric: Callable[[], dict[str, float]] | None = None, progress: bool = True, accelerator=None) -> dict:
     """Supervised fine-tuning of the trainable parameters of ``model`` on (input_ids, labels) examples (labels
-    -100 where no loss is wanted) with :func:`course_lib.training.train`: ``steps`` optimizer steps of
-    ``batch_size`` examples (from one seeded shuffle, :func:`batch_indices`), each made of ``accumulation``
-    micro-batches. With ``validation`` examples, the validation loss (and ``metric()``'s numbers, e.g. accuracy)
-    every ``eval_every`` steps picks the best checkpoint, restored at the end (``monitor``, ``mode``,
-    ``patience`` and ``precision`` as in :class:`~course_lib.training.TrainConfig`). With an
-    ``accelerate.Accelerator`` over N processes, each trains on every N-th example of each micro-batch
-    (``scripts/train_distributed.py``).
+    -100 where no loss is wanted) with :func:`course_lib.training.train` and its ``config`` (steps, batch size,
+    learning rate, seed, accumulation, schedule, precision). With ``validation`` examples, the validation loss
+    (and ``metric()``'s numbers, e.g. accuracy) every ``config.eval_every`` steps picks the best checkpoint,
+    restored at the end (``monitor``, ``mode`` and ``patience`` of the config). With an ``accelerate.Accelerator``
+    over N processes, each trains on every N-th example of each micro-batch (``scripts/train_distributed.py``).
 
     Returns the history: per step ``loss``, ``lr``, ``seconds``; per evaluation ``eval_step`` and ``eval_*``.
     """
-    if batch_size % accumulation:
-        raise ValueError(f"batch_size {batch_size} is not a multiple of accumulation {accumulation}")
-    config = TrainConfig(steps=steps, lr=lr, accumulation=accumulation, warmup_steps=warmup_steps,
-                         schedule=schedule, eval_every=eval_every, patience=patience, monitor=monitor, mode=mode,
-                         precision=precision)
     device = next(p for p in model.parameters()).device
-    micro = batch_indices(len(examples), steps * accumulation, batch_size // accumulation, seed)
-    if accelerator is not None and accelerator.num_processes > 1:
-        rank, world = accelerator.process_index, accelerator.num_processes
-        if (batch_size // accumulation) % world:
-            raise ValueError(f"micro-batches of {batch_size // accumulation} do not split over {world} processes")
-        micro = [idx[rank::world] for idx in micro]
 
     def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict]:
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
@@ -139,5 +124,5 @@ def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]],
         scores = {"loss": eval_loss(model, validation, pad_id)} if validation is not None else {}
         return {**scores, **(metric() if metric else {})}
 
-    return train(model, micro, step_loss, config, evaluate if validation is not None or metric else None, progress,
-                 accelerator=accelerator)
+    return train(model, config.micro_batches(len(examples)), step_loss, config,
+                 evaluate if validation is not None or metric else None, progress, accelerator=accelerator)

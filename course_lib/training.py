@@ -6,9 +6,9 @@
   linear decay or cosine decay to 0 at the last step (Loshchilov & Hutter, 2017, SGDR, without restarts).
 - **Gradient clipping** of the global norm (``max_grad_norm``).
 - **Several processes** (CPUs or GPUs, one machine or many, started by ``torchrun`` or ``accelerate launch``):
-  with an ``accelerate.Accelerator``, each process computes its share of every batch and the gradients are
-  averaged over the processes before the step (what DistributedDataParallel does), so the update equals one
-  process's on the whole batch.
+  with an ``accelerate.Accelerator``, each process computes its share of every micro-batch (every N-th item) and
+  the gradients are averaged over the processes before the step (what DistributedDataParallel does), so the
+  update equals one process's on the whole batch.
 - **Mixed precision** (``precision="bf16"``, or ``"auto"`` where the hardware multiplies bf16 matrices): each
   micro-batch's forward pass runs under ``torch.autocast`` (:func:`course_lib.device.mixed_precision`), the
   weights, gradients and optimizer state stay fp32.
@@ -17,8 +17,10 @@
   in memory whenever it improves and restored at the end. **Early stopping** after ``patience`` evaluations
   without improvement.
 
-The caller gives the loss of one micro-batch (``step_loss``); everything else is here, so SFT, the reward
-model and DPO train the same way.
+One :class:`TrainConfig` (as transformers' ``TrainingArguments``) says how: every loop of the course (SFT, the
+classifier, the reward model, DPO) takes it and passes it here. The caller gives the loss of one micro-batch
+(``step_loss``) and the micro-batches (:meth:`TrainConfig.micro_batches` draws them); everything else is here, so
+all of them train the same way.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .batching import batch_indices
 from .device import PRECISIONS, mixed_precision, resolve_precision
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -38,9 +41,12 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train; ``steps`` counts optimizer steps (each of ``accumulation`` micro-batches)."""
+    """How to train; ``steps`` counts optimizer steps, each of ``batch_size`` examples in ``accumulation``
+    micro-batches; ``seed`` draws the batch order."""
     steps: int
+    batch_size: int = 8
     lr: float = 1e-3
+    seed: int = 0
     accumulation: int = 1
     warmup_steps: int = 0
     schedule: str = "constant"
@@ -53,14 +59,23 @@ class TrainConfig:
     precision: str = "fp32"      # "bf16" mixed precision, or "auto": bf16 where the hardware has it
 
     def __post_init__(self):
-        if self.steps < 1 or self.accumulation < 1 or self.warmup_steps < 0 or self.eval_every < 0 or self.patience < 0:
-            raise ValueError(f"steps and accumulation must be >= 1, warmup_steps, eval_every and patience >= 0: {self}")
+        if min(self.steps, self.batch_size, self.accumulation) < 1 or min(self.warmup_steps, self.eval_every,
+                                                                          self.patience) < 0:
+            raise ValueError(f"steps, batch_size and accumulation must be >= 1, warmup_steps, eval_every and patience "
+                             f">= 0: {self}")
+        if self.batch_size % self.accumulation:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of accumulation {self.accumulation}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def micro_batches(self, count: int) -> list[list[int]]:
+        """Indices of the ``steps x accumulation`` micro-batches into ``count`` examples, in training order (one
+        seeded shuffle read cyclically, :func:`course_lib.batching.batch_indices`)."""
+        return batch_indices(count, self.steps * self.accumulation, self.batch_size // self.accumulation, self.seed)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -84,8 +99,8 @@ def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object
     numbers to log. Returns the history: per optimizer step ``loss``, ``lr``, ``seconds`` and each logged number
     (averaged over the step's micro-batches); per evaluation ``eval_step`` and each metric as ``eval_<name>``;
     ``best_step`` (the step whose weights the model ends with) and ``stopped_early``. With several processes
-    (``accelerator``), each passes its own share of the micro-batches; gradients and the logged loss are
-    averaged over the processes."""
+    (``accelerator``), every process passes the same micro-batches (sequences) and computes on its share, every
+    N-th item of each; gradients and the logged loss are averaged over the processes."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters: inject LoRA adapters (or unfreeze) first")
@@ -93,6 +108,12 @@ def train(model: nn.Module, micro_batches: Sequence, step_loss: Callable[[object
     if len(micro_batches) < needed:
         raise ValueError(f"{config.steps} steps of {config.accumulation} micro-batches need {needed} batches, "
                          f"got {len(micro_batches)}")
+    if accelerator is not None and accelerator.num_processes > 1:
+        rank, world = accelerator.process_index, accelerator.num_processes
+        uneven = [len(micro) for micro in micro_batches[:needed] if len(micro) % world]
+        if uneven:
+            raise ValueError(f"micro-batches of {uneven[0]} items do not split over {world} processes")
+        micro_batches = [micro[rank::world] for micro in micro_batches[:needed]]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     history: dict = {"loss": [], "lr": [], "seconds": [], "eval_step": [], "best_step": None, "stopped_early": False}
     best, best_state, waited = None, None, 0

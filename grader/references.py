@@ -272,6 +272,10 @@ def _reads(nodes, aliases: dict[str, str], own: set[str], module: str | None) ->
     out = set()
     for root in nodes:
         walked = list(ast.walk(root))
+        notes = [n.annotation for n in walked if isinstance(n, (ast.arg, ast.AnnAssign)) and n.annotation]
+        notes += [n.returns for n in walked if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.returns]
+        unread = {id(n) for note in notes for n in ast.walk(note)}  # annotations name types; nothing calls them
+        walked = [n for n in walked if id(n) not in unread]
         inner = {id(n.value) for n in walked if isinstance(n, ast.Attribute)}  # chains are read from their outer end
         for node in walked:
             if isinstance(node, ast.Attribute):
@@ -305,12 +309,25 @@ def _matches(name: str, refs: dict[str, str]) -> str | None:
     return None
 
 
+def _implicit(item: ast.stmt) -> bool:
+    """Whether a class-body statement runs when an instance is made or used without naming it: all but the named
+    methods (``__init__``, ``__post_init__``, ``__eq__``... and the class attributes; ``recipe.fit`` reads ``.fit``)."""
+    return not isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) or item.name.startswith("__")
+
+
 def needing(references: list[str]) -> tuple[dict[str, str], list[str]]:
     """(course_lib name -> the reference it needs, for every top-level definition that calls one, directly or
-    through others; problems: course_lib code that needs one when its module is imported)."""
+    through others; problems: course_lib code that needs one when its module is imported).
+
+    A class, or a module-level value, needs what any of its code needs (whoever holds one may call any method). Code
+    run at import is judged more finely: making an instance runs only the class's implicit parts, and ``x.method``
+    runs what a course_lib method of that name needs."""
     needs = {r: r for r in references}
     needs.update({"." + m: r for m, r in methods(references).items()})  # called on instances: any ``.method``
     graph: dict[str, set[str]] = {}
+    made: dict[str, set[str]] = {}  # class -> what making an instance reads
+    called: dict[str, set[str]] = {}  # ".method" -> what the course_lib methods of that name read
+    values: set[str] = set()  # module-level assignments
     at_import: list[tuple[str, int, set[str]]] = []
     for path in sorted(PACKAGE.glob("*.py")):
         module = path.stem
@@ -325,12 +342,22 @@ def needing(references: list[str]) -> tuple[dict[str, str], list[str]]:
                 now = node.decorator_list + node.args.defaults + [d for d in node.args.kw_defaults if d]
             elif isinstance(node, ast.ClassDef):
                 graph[f"{module}.{node.name}"] = _reads([node], aliases, own, module)
+                made[f"{module}.{node.name}"] = _reads(node.bases + [b for b in node.body if _implicit(b)], aliases,
+                                                       own, module)
+                for item in node.body:
+                    if not _implicit(item):
+                        called.setdefault(f".{item.name}", set()).update(_reads([item], aliases, own, module))
                 now = node.bases + node.decorator_list + [b for b in node.body if not isinstance(
                     b, (ast.FunctionDef, ast.AsyncFunctionDef))]
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
             else:
                 now = [node]
+                if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                    for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                        if isinstance(target, ast.Name):
+                            graph[f"{module}.{target.id}"] = _reads([node.value], aliases, own, module)
+                            values.add(f"{module}.{target.id}")
             at_import.append((f"course_lib/{path.name}", node.lineno, _reads(now, aliases, own, module)))
     changed = True
     while changed:
@@ -340,9 +367,30 @@ def needing(references: list[str]) -> tuple[dict[str, str], list[str]]:
                 why = next(filter(None, (_matches(r, needs) for r in reads)), None)
                 if why:
                     needs[name], changed = why, True
+
+    judging: set[str] = set()  # the names being judged (a method that calls its own name)
+
+    def at_import_needs(name: str) -> str | None:
+        """What reading ``name`` in code that runs at import needs: an instance made runs the class's implicit parts,
+        ``.method`` the course_lib methods of that name, each judged the same way."""
+        if name in judging:
+            return None
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:k])
+            if prefix in values:  # reading a value runs nothing (its methods are read as ``.method``)
+                return None
+            if prefix in made or prefix in called:
+                judging.add(prefix)
+                why = needs.get(prefix) if prefix in called else None
+                why = why or next(filter(None, map(at_import_needs, made[prefix] if prefix in made else called[prefix])), None)
+                judging.discard(prefix)
+                return why
+        return _matches(name, needs)
+
     problems = []
     for where, line, reads in at_import:
-        for why in sorted({_matches(r, needs) for r in reads} - {None}):
+        for why in sorted({at_import_needs(r) for r in reads} - {None}):
             problems.append(f"{where} line {line} needs {why} when it is imported")
     return needs, problems
 

@@ -21,6 +21,7 @@ from course_lib.data import load_preferences
 from course_lib.device import bf16_native, mixed_precision, use_cores
 from course_lib.lora import ALL_LINEAR, adapters_disabled, inject_lora, lora_layers
 from course_lib.models import load_default_model
+from course_lib.training import TrainConfig
 
 
 
@@ -37,8 +38,9 @@ def run(model, tokenizer, initial: list[torch.Tensor], train_pairs: list[dict], 
         ref = dpo.pair_logprobs(model, tokenizer, heldout, progress=False)
     seconds["held-out reference"] = time.perf_counter() - start
     start = time.perf_counter()
-    history = dpo.train_dpo(model, tokenizer, train_pairs, steps=16, batch_size=4, lr=1e-3, beta=0.1, sft_weight=1.0,
-                            progress=False, precision=precision)
+    history = dpo.train_dpo(model, tokenizer, train_pairs,
+                            TrainConfig(steps=16, batch_size=4, lr=1e-3, precision=precision), beta=0.1,
+                            sft_weight=1.0, progress=False)
     seconds["training"] = time.perf_counter() - start
     seconds["of which steps"] = history["seconds"][-1]
     start = time.perf_counter()

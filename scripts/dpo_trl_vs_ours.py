@@ -27,6 +27,7 @@ from course_lib.batching import batch_indices
 from course_lib.data import load_preferences, write_measurement
 from course_lib.lora import ALL_LINEAR, inject_lora
 from course_lib.models import load_default_model
+from course_lib.training import TrainConfig
 
 SETTINGS = {"steps": 16, "batch_size": 4, "lr": 1e-3, "beta": 0.1, "sft_weight": 1.0, "r": 8, "alpha": 16,
             "targets": list(ALL_LINEAR),
@@ -48,9 +49,9 @@ def run_ours(pairs, test_pairs, tickets) -> dict:
     before = heldout(model, tokenizer, test_pairs, ref, tickets)
     inject_lora(model, r=SETTINGS["r"], alpha=SETTINGS["alpha"], target_modules=SETTINGS["targets"])
     start = time.perf_counter()
-    history = dpo.train_dpo(model, tokenizer, pairs, steps=SETTINGS["steps"],
-                              batch_size=SETTINGS["batch_size"], lr=SETTINGS["lr"], beta=SETTINGS["beta"],
-                              sft_weight=SETTINGS["sft_weight"], seed=SETTINGS["seed"])
+    config = TrainConfig(steps=SETTINGS["steps"], batch_size=SETTINGS["batch_size"], lr=SETTINGS["lr"],
+                         seed=SETTINGS["seed"])
+    history = dpo.train_dpo(model, tokenizer, pairs, config, beta=SETTINGS["beta"], sft_weight=SETTINGS["sft_weight"])
     seconds = time.perf_counter() - start
     return {"before": before, "after": heldout(model, tokenizer, test_pairs, ref, tickets), "seconds": seconds,
             "loss": history["loss"], "margin": history["margin"], "accuracy": history["accuracy"]}, ref

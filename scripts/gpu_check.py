@@ -22,6 +22,7 @@ from course_lib import align, classify, dpo, lora, metrics, quant, retrieval, re
 from course_lib.data import load_preferences, load_tickets, reference_prose
 from course_lib.device import bf16_native, default_device, mixed_precision, resolve_precision
 from course_lib.models import load_minilm, tiny_model
+from course_lib.training import TrainConfig
 
 
 def report(name: str, ok: bool, detail: str) -> bool:
@@ -104,8 +105,8 @@ def check_qlora(tokenizer, device) -> list[bool]:
     lora.inject_lora(qmodel, r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
     qmodel.to(device)
     codes = {n: m.codes.clone() for n, m in qmodel.named_modules() if isinstance(m, quant.QuantLinear)}
-    history = classify.train_classifier(qmodel, tokenizer, load_tickets("train")[:8], steps=20, batch_size=4,
-                                        lr=3e-2, progress=False)
+    history = classify.train_classifier(qmodel, tokenizer, load_tickets("train")[:8],
+                                        TrainConfig(steps=20, batch_size=4, lr=3e-2), progress=False)
     last = sum(history["loss"][-5:]) / 5
     kept = all(torch.equal(m.codes, codes[n]) for n, m in qmodel.named_modules() if isinstance(m, quant.QuantLinear))
     return [report("topic 4: QLoRA trains", last < history["loss"][0] - 0.4 and kept,
@@ -151,8 +152,8 @@ def check_alignment(model, tokenizer, device) -> list[bool]:
                       f"max |diff| {diff:.2e} (sums over ~40 reply tokens)")]
     lora.inject_lora(policy, r=4, alpha=8)
     precision = resolve_precision(device)  # what topic 5 trains in there
-    history = dpo.train_dpo(policy, tokenizer, pairs, steps=8, batch_size=4, lr=5e-3, beta=0.5, progress=False,
-                            precision=precision)
+    history = dpo.train_dpo(policy, tokenizer, pairs, TrainConfig(steps=8, batch_size=4, lr=5e-3, precision=precision),
+                            beta=0.5, progress=False)
     results.append(report(f"topic 5: DPO trains in {precision}", abs(history["loss"][0] - math.log(2)) < 1e-4
                           and history["margin"][-1] > history["margin"][0],
                           f"loss {history['loss'][0]:.4f} (log 2 = {math.log(2):.4f}) -> {history['loss'][-1]:.4f}"))

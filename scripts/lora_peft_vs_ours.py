@@ -22,50 +22,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from course_lib import classify, lora, sft
+from course_lib import classify, sft
 from course_lib.data import load_tickets, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
-
-RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 60, "batch_size": 8, "lr": 1e-3,
-          "seed": 0}
+from course_lib.recipes import TICKET_LORA
 
 
 def run_ours(train: list[dict], test: list[dict]) -> dict:
-    torch.manual_seed(RECIPE["seed"])
     model, tokenizer = load_default_model(device="cpu")
-    lora.inject_lora(model, r=RECIPE["r"], alpha=RECIPE["alpha"], target_modules=tuple(RECIPE["target_modules"]))
-    start = time.perf_counter()
-    history = classify.train_classifier(model, tokenizer, train, steps=RECIPE["steps"],
-                                        batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], seed=RECIPE["seed"])
-    seconds = time.perf_counter() - start
+    history, seconds = TICKET_LORA.fit(model, classify.examples(tokenizer, train), tokenizer.pad_token_id)
     return {"test_accuracy": classify.evaluate(model, tokenizer, test, batch_size=32),
-            "final_loss": sum(history["loss"][-10:]) / 10, "seconds_per_step": seconds / RECIPE["steps"]}
+            "final_loss": sum(history["loss"][-10:]) / 10, "seconds_per_step": seconds / TICKET_LORA.train.steps}
 
 
 def run_peft_trainer(train: list[dict], test: list[dict]) -> dict:
-    from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from peft import get_peft_model
+    from transformers import Trainer
 
-    torch.manual_seed(RECIPE["seed"])
+    torch.manual_seed(TICKET_LORA.train.seed)
     base, tokenizer = load_default_model(device="cpu")
-    model = get_peft_model(base, LoraConfig(r=RECIPE["r"], lora_alpha=RECIPE["alpha"],
-                                            target_modules=RECIPE["target_modules"], lora_dropout=0.0,
-                                            task_type="CAUSAL_LM"))
-    examples = [classify.encode_example(tokenizer, r["text"], r["label"]) for r in train]
+    model = get_peft_model(base, TICKET_LORA.peft_config())
+    examples = classify.examples(tokenizer, train)
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, max_steps=RECIPE["steps"], per_device_train_batch_size=RECIPE["batch_size"],
-                                 learning_rate=RECIPE["lr"], lr_scheduler_type="constant", weight_decay=0.0,
-                                 max_grad_norm=0.0, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
-                                 seed=RECIPE["seed"])
-        trainer = Trainer(model=model, args=args, train_dataset=sft.as_dataset(examples),
+        trainer = Trainer(model=model, args=TICKET_LORA.training_arguments(tmp), train_dataset=sft.as_dataset(examples),
                           data_collator=sft.data_collator(tokenizer.pad_token_id))
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {"test_accuracy": classify.evaluate(model, tokenizer, test, batch_size=32),
-            "final_loss": sum(losses[-10:]) / 10, "seconds_per_step": seconds / RECIPE["steps"]}
+            "final_loss": sum(losses[-10:]) / 10, "seconds_per_step": seconds / TICKET_LORA.train.steps}
 
 
 def main() -> None:
@@ -73,7 +60,7 @@ def main() -> None:
     parser.parse_args()  # --help prints the docstring: what it measures and where it writes
     use_cores()
     train, test = load_tickets("train"), load_tickets("test")
-    record = {"recipe": RECIPE, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+    record = {"recipe": TICKET_LORA.record(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
               "torch": torch.__version__, "ours": run_ours(train, test), "peft_trainer": run_peft_trainer(train, test)}
     write_measurement("lora_peft_vs_ours.json", record)
     print(json.dumps(record, indent=1))

@@ -1,7 +1,8 @@
 """Train topic 3's ticket classifier adapter once and ship it in PEFT format inside course_lib's data.
 
-Same recipe as solutions/03_lora_basics.ipynb: LoRA r=8, alpha 16 on q_proj and v_proj of the embedded
-SmolLM2-135M-Instruct, 60 steps of 8 training tickets, AdamW lr 1e-3, seed 0, loss on the answer tokens only.
+The recipe of solutions/03_lora_basics.ipynb, ``course_lib.recipes.TICKET_LORA``: LoRA r=8, alpha 16 on q_proj and
+v_proj of the embedded SmolLM2-135M-Instruct, 60 steps of 8 training tickets, AdamW lr 1e-3, seed 0, loss on the
+answer tokens only.
 Topics 1 and 6 load it (``course_lib.data.ticket_adapter_path()``) instead of training again; the test accuracy
 measured here is written next to it (``training.json``) and checked by tests/test_data.py.
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+from pathlib import Path
 
 import torch
 
@@ -19,19 +20,17 @@ from course_lib import classify, lora
 from course_lib.data import load_tickets, ticket_adapter_path
 from course_lib.device import use_cores
 from course_lib.models import DEFAULT_MODEL_ID, load_default_model
-
-RECIPE = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "steps": 60, "batch_size": 8, "lr": 1e-3,
-          "seed": 0}
+from course_lib.recipes import TICKET_LORA
 
 
-def train_adapter(model, tokenizer, rows: list[dict]) -> tuple[dict, float]:
-    """Inject LoRA into ``model`` by RECIPE and train it on ``rows``: (history, seconds)."""
-    torch.manual_seed(RECIPE["seed"])
-    lora.inject_lora(model, r=RECIPE["r"], alpha=RECIPE["alpha"], target_modules=tuple(RECIPE["target_modules"]))
-    start = time.perf_counter()
-    history = classify.train_classifier(model, tokenizer, rows, steps=RECIPE["steps"],
-                                        batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], seed=RECIPE["seed"])
-    return history, time.perf_counter() - start
+def ship_adapter(model, folder: Path, record: dict) -> None:
+    """Save ``model``'s adapters in PEFT format to ``folder``, readable by all, with ``record`` as training.json
+    (this script's and make_reply_adapter.py's last step)."""
+    folder = lora.save_adapter(model, folder, base_model_name_or_path=DEFAULT_MODEL_ID)
+    (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    print(json.dumps(record, indent=1))
 
 
 def main() -> None:
@@ -39,14 +38,13 @@ def main() -> None:
     parser.parse_args()  # --help prints the docstring: what it measures and where it writes
     use_cores()
     model, tokenizer = load_default_model(device="cpu")
-    history, seconds = train_adapter(model, tokenizer, load_tickets("train"))
+    history, seconds = TICKET_LORA.fit(model, classify.examples(tokenizer, load_tickets("train")),
+                                       tokenizer.pad_token_id)
     test = load_tickets("test")
     accuracy = classify.evaluate(model, tokenizer, test)
-    folder = lora.save_adapter(model, ticket_adapter_path(), base_model_name_or_path=DEFAULT_MODEL_ID)
-    record = {"recipe": RECIPE, "train_seconds": round(seconds, 1), "final_loss": history["loss"][-1],
-              "test_accuracy": accuracy, "test_size": len(test), "torch": torch.__version__}
-    (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(json.dumps(record, indent=1))
+    ship_adapter(model, ticket_adapter_path(), {
+        "recipe": TICKET_LORA.record(), "train_seconds": round(seconds, 1), "final_loss": history["loss"][-1],
+        "test_accuracy": accuracy, "test_size": len(test), "torch": torch.__version__})
 
 
 if __name__ == "__main__":

@@ -21,19 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
-from course_lib import approaches, knowledge, lora, metrics, sft, splits
+from course_lib import approaches, classify, knowledge, lora, metrics, splits
 from course_lib.data import load_policies, load_tickets, ticket_adapter_path, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model, load_minilm
+from course_lib.recipes import KNOWLEDGE_LORA, TICKET_LORA
 from course_lib.retrieval import Retriever
-from make_ticket_adapter import RECIPE, train_adapter
 
-QA_RECIPE = {"r": 16, "alpha": 32, "target_modules": list(lora.ALL_LINEAR), "steps": 60, "batch_size": 8, "lr": 1e-3,
-             "seed": 0}
 
 
 def tickets() -> dict:
@@ -71,9 +68,9 @@ def first_split() -> dict:
     model, tokenizer = load_default_model(device="cpu")
     results = {"RAG few-shot": approaches.measure(model, tokenizer, "RAG few-shot", test, train, k=5,
                                                   retriever=retriever, latency_tickets=1)}
-    history, seconds = train_adapter(model, tokenizer, train)
+    history, seconds = TICKET_LORA.fit(model, classify.examples(tokenizer, train), tokenizer.pad_token_id)
     results["fine-tuned"] = approaches.measure(model, tokenizer, "fine-tuned", test, train, latency_tickets=1)
-    record = {"test_size": len(test), "leaked_items": leaked, "adapter_recipe": RECIPE,
+    record = {"test_size": len(test), "leaked_items": leaked, "adapter_recipe": TICKET_LORA.record(),
               "adapter_train_seconds": round(seconds, 1), "adapter_final_loss": history["loss"][-1],
               "all": _paired(results, test), "leaked": _paired(results, test, leaked),
               "not_leaked": _paired(results, test, rest),
@@ -109,19 +106,14 @@ def knowledge_task() -> dict:
     for name, qs in (("original", questions), ("edited", edited_questions)):
         results["base"][name] = _ask(model, tokenizer, qs, candidates)
         results["RAG"][name] = _ask(model, tokenizer, qs, candidates, retrievers[name])
-    torch.manual_seed(QA_RECIPE["seed"])
-    lora.inject_lora(model, r=QA_RECIPE["r"], alpha=QA_RECIPE["alpha"], target_modules=tuple(QA_RECIPE["target_modules"]))
-    start = time.perf_counter()
-    history = sft.train_sft(model, knowledge.training_examples(tokenizer, questions), tokenizer.pad_token_id,
-                                 steps=QA_RECIPE["steps"], batch_size=QA_RECIPE["batch_size"], lr=QA_RECIPE["lr"],
-                                 seed=QA_RECIPE["seed"])
-    seconds = time.perf_counter() - start
+    history, seconds = KNOWLEDGE_LORA.fit(model, knowledge.training_examples(tokenizer, questions),
+                                          tokenizer.pad_token_id)
     for name, qs in (("original", questions), ("edited", edited_questions)):
         results["fine-tuned"][name] = _ask(model, tokenizer, qs, candidates)
     edited_fact = next(q["fact"] for q in questions if q.get("edited_value"))
     return {"facts": len(questions), "documents": len(documents), "edited_fact": edited_fact,
             "candidates": candidates,
-            "qa_recipe": QA_RECIPE, "qa_train_seconds": round(seconds, 1), "qa_final_loss": history["loss"][-1],
+            "qa_recipe": KNOWLEDGE_LORA.record(), "qa_train_seconds": round(seconds, 1), "qa_final_loss": history["loss"][-1],
             "results": results}
 
 

@@ -35,20 +35,19 @@ import argparse
 import json
 import math
 import random
-import time
 
-import torch
 
 from make_tickets import OPENERS, make_ticket
 
-from course_lib import classify, lora, metrics
+from course_lib import classify, metrics
 from course_lib.data import MEASUREMENTS, TICKET_LABELS, load_tickets, write_measurement
 from course_lib.dedup import near_duplicate_groups
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
+from course_lib.recipes import TICKET_LORA
 from course_lib.splits import leaks
 
-RECIPE = {"r": 8, "alpha": 16, "steps": 60, "batch_size": 8, "lr": 1e-3}
+RECIPE = {k: v for k, v in TICKET_LORA.record().items() if k != "seed"}  # each run's seed is its seed's
 NOISE = {"wrong_label": 0.20, "repeats": 1500, "leaked": 150}
 POOL = 5000
 MEASURES = ("test_accuracy", "validation_accuracy", "accuracy_on_those", "accuracy_on_the_rest")
@@ -98,13 +97,9 @@ def datasets(seed: int, test: list[dict], validation: list[dict]) -> dict[str, l
 
 
 def train_and_test(rows: list[dict], test: list[dict], validation: list[dict], seed: int, steps: int) -> dict:
-    torch.manual_seed(seed)
     model, tokenizer = load_default_model(device="cpu")
-    lora.inject_lora(model, r=RECIPE["r"], alpha=RECIPE["alpha"], target_modules=("q_proj", "v_proj"))
-    start = time.perf_counter()
-    history = classify.train_classifier(model, tokenizer, rows, steps=steps, batch_size=RECIPE["batch_size"],
-                                        lr=RECIPE["lr"], seed=seed)
-    seconds = time.perf_counter() - start
+    history, seconds = TICKET_LORA.replace(steps=steps, seed=seed).fit(model, classify.examples(tokenizer, rows),
+                                                                       tokenizer.pad_token_id)
     correct = classify.correct(model, tokenizer, test)
     found = {i for i, _, _ in leaks([r["text"] for r in rows], [r["text"] for r in test], threshold=0.7)}
     return {"seed": seed, "examples": len(rows), "steps": steps, "train_seconds": round(seconds, 1),

@@ -28,6 +28,7 @@ from course_lib import align, batching, dpo, lora, metrics, sft
 from course_lib.data import load_preferences, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
+from course_lib.training import TrainConfig
 
 SETTINGS = {"r": 8, "alpha": 16, "steps": 16, "batch_size": 4, "lr": 1e-3, "beta": 0.1,
             "heldout_pairs": 24, "tickets": 16, "max_new_tokens": 60}
@@ -54,15 +55,13 @@ def run_recipe(sft_weight: float | None, seed: int, tokenizer, base, train_pairs
     model, _ = load_default_model(device="cpu")
     torch.manual_seed(seed)
     lora.inject_lora(model, r=SETTINGS["r"], alpha=SETTINGS["alpha"], target_modules=lora.ALL_LINEAR)
+    config = TrainConfig(steps=SETTINGS["steps"], batch_size=SETTINGS["batch_size"], lr=SETTINGS["lr"], seed=seed)
     start = time.perf_counter()
     if sft_weight is None:
         examples = [sft.sft_example(tokenizer, align.chat(p["prompt"], p["chosen"])) for p in train_pairs]
-        history = sft.train_sft(model, examples, tokenizer.pad_token_id, steps=SETTINGS["steps"],
-                                batch_size=SETTINGS["batch_size"], lr=SETTINGS["lr"], seed=seed)
+        history = sft.train_sft(model, examples, tokenizer.pad_token_id, config)
     else:
-        history = dpo.train_dpo(model, tokenizer, train_pairs, steps=SETTINGS["steps"],
-                                batch_size=SETTINGS["batch_size"], lr=SETTINGS["lr"], beta=SETTINGS["beta"],
-                                sft_weight=sft_weight, seed=seed)
+        history = dpo.train_dpo(model, tokenizer, train_pairs, config, beta=SETTINGS["beta"], sft_weight=sft_weight)
     seconds = time.perf_counter() - start
     after = dpo.dpo_loss(*dpo.pair_logprobs(model, tokenizer, heldout, progress=False), *ref, beta=SETTINGS["beta"])
     replies = align.generate_replies(model, tokenizer, tickets, max_new_tokens=SETTINGS["max_new_tokens"])

@@ -37,6 +37,7 @@ from course_lib.data import load_tickets, reference_prose, write_measurement
 from course_lib.device import use_cores
 from course_lib.metrics import perplexity
 from course_lib.models import load_default_model
+from course_lib.recipes import TICKET_LORA
 
 PPL_TOKENS, WINDOW = 2048, 512
 METHODS = ("fp32", "int8", "int4", "nf4", "nf4-dq")
@@ -111,7 +112,7 @@ def finetune_one(base_method: str) -> dict:
     gc.collect()
     _release_freed_memory()
     base_bytes = quant.linear_weight_bytes(model)
-    lora.inject_lora(model, r=8, alpha=16)
+    TICKET_LORA.inject(model)
     process, peak, done = psutil.Process(), [0], threading.Event()
 
     def sample():
@@ -122,8 +123,7 @@ def finetune_one(base_method: str) -> dict:
     rss_before = process.memory_info().rss
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    history = classify.train_classifier(model, tokenizer, load_tickets("train"), steps=60, batch_size=8, lr=1e-3,
-                                        progress=False)
+    history = classify.train_classifier(model, tokenizer, load_tickets("train"), TICKET_LORA.train, progress=False)
     done.set()
     thread.join()
     accuracy = classify.evaluate(model, tokenizer, load_tickets("test"), batch_size=32, progress=False)
@@ -159,11 +159,10 @@ def targets(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
                 model, tokenizer = load_default_model(device="cpu")
                 if base != "fp32":
                     quant.quantize_model(model, base)
-                torch.manual_seed(seed)
-                lora.inject_lora(model, r=8, alpha=16, target_modules=modules)
+                recipe = TICKET_LORA.replace(target_modules=modules, seed=seed)
+                recipe.inject(model)
                 trainable = lora.count_parameters(model)[0]
-                history = classify.train_classifier(model, tokenizer, train, steps=60, batch_size=8, lr=1e-3,
-                                                    seed=seed, progress=False)
+                history = classify.train_classifier(model, tokenizer, train, recipe.train, progress=False)
                 correct = classify.correct(model, tokenizer, test, batch_size=32, progress=False)
                 run = {"seed": seed, "trainable": trainable, "train_seconds": round(history["seconds"][-1], 1),
                        "final_loss": history["loss"][-1],

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
@@ -30,8 +29,10 @@ from course_lib import classify, lora, metrics
 from course_lib.data import load_tickets, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
+from course_lib.recipes import TICKET_LORA
 
-BASE = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"], "lr": 1e-3, "steps": 60, "batch_size": 8}
+BASE = {"r": TICKET_LORA.r, "alpha": TICKET_LORA.alpha, "targets": list(TICKET_LORA.target_modules),
+        "lr": TICKET_LORA.train.lr, "steps": TICKET_LORA.train.steps, "batch_size": TICKET_LORA.train.batch_size}
 SWEEPS = {
     "rank": [{"r": r, "alpha": 2 * r} for r in (1, 4, 8, 16, 64)],
     "lr": [{"lr": lr} for lr in (1e-4, 3e-4, 1e-3, 3e-3)],
@@ -41,14 +42,11 @@ SWEEPS = {
 
 def run(settings: dict, seed: int, train: list[dict], held: list[dict]) -> dict:
     model, tokenizer = load_default_model(device="cpu")
-    torch.manual_seed(seed)
-    lora.inject_lora(model, r=settings["r"], alpha=settings["alpha"], target_modules=tuple(settings["targets"]))
+    recipe = TICKET_LORA.replace(r=settings["r"], alpha=settings["alpha"], target_modules=tuple(settings["targets"]),
+                                 lr=settings["lr"], steps=settings["steps"], batch_size=settings["batch_size"],
+                                 seed=seed)
+    history, seconds = recipe.fit(model, classify.examples(tokenizer, train), tokenizer.pad_token_id, progress=False)
     trainable, _ = lora.count_parameters(model)
-    start = time.perf_counter()
-    history = classify.train_classifier(model, tokenizer, train, steps=settings["steps"],
-                                        batch_size=settings["batch_size"], lr=settings["lr"], seed=seed,
-                                        progress=False)
-    seconds = time.perf_counter() - start
     correct = classify.correct(model, tokenizer, held, progress=False)
     return {"seed": seed, "trainable": trainable, "train_seconds": round(seconds, 1),
             "final_loss": sum(history["loss"][-10:]) / 10, "validation_accuracy": sum(correct) / len(held),

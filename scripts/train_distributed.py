@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from course_lib import classify, lora
 from course_lib.data import load_tickets
 from course_lib.models import DEFAULT_MODEL_ID, load_default_model
+from course_lib.recipes import TICKET_LORA
 
 
 def main() -> None:
@@ -34,11 +35,10 @@ def main() -> None:
     args = parser.parse_args()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model, tokenizer = load_default_model(device=accelerator.device)
-    torch.manual_seed(0)  # the same adapter initialisation in every process
-    lora.inject_lora(model, r=8, alpha=16, target_modules=("q_proj", "v_proj"))
-    history = classify.train_classifier(model, tokenizer, load_tickets("train"), steps=args.steps, batch_size=8,
-                                        lr=1e-3, seed=0, accelerator=accelerator,
-                                        progress=accelerator.is_main_process)
+    # the recipe's seed: the same adapter initialisation and batch order in every process
+    history, _ = TICKET_LORA.replace(steps=args.steps).fit(model, classify.examples(tokenizer, load_tickets("train")),
+                                                           tokenizer.pad_token_id, accelerator=accelerator,
+                                                           progress=accelerator.is_main_process)
     if accelerator.is_main_process:
         lora.save_adapter(model, args.out, base_model_name_or_path=DEFAULT_MODEL_ID)
         (args.out / "history.json").write_text(json.dumps({"processes": accelerator.num_processes,

@@ -5,6 +5,7 @@ import torch
 from course_lib import batching, classify, lora
 from course_lib.data import TICKET_LABELS, load_tickets
 from course_lib.grading import assert_tensors_close
+from course_lib.training import TrainConfig
 
 
 def test_encode_example_trains_only_the_answer(tiny):
@@ -51,7 +52,8 @@ def test_training_lowers_the_loss_of_the_adapters_only(tiny):
     lora.inject_lora(model, r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
     rows = load_tickets("train")[:8]
-    history = classify.train_classifier(model, tokenizer, rows, steps=20, batch_size=4, lr=3e-2, progress=False)
+    history = classify.train_classifier(model, tokenizer, rows, TrainConfig(steps=20, batch_size=4, lr=3e-2),
+                                        progress=False)
     assert len(history["loss"]) == 20
     # A random tiny model's logits are small (tied 0.02-std embeddings), so its loss can only fall a little
     # below ln(49152) = 10.8; the real model's learning is shown by the topic 3 notebook.
@@ -63,7 +65,7 @@ def test_training_needs_trainable_parameters(tiny):
     model, tokenizer = tiny
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
-        classify.train_classifier(model, tokenizer, load_tickets("train")[:2], steps=1, progress=False)
+        classify.train_classifier(model, tokenizer, load_tickets("train")[:2], TrainConfig(steps=1), progress=False)
 
 
 def test_encode_example_ends_the_answer_as_the_chat_template_does(tiny):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from course_lib import align, batching, dpo, sft
 from course_lib.data import load_preferences
 from course_lib.lora import inject_lora
+from course_lib.training import TrainConfig
 
 
 def test_dpo_loss_hand_computed_and_gradients_reach_the_policy_only():
@@ -93,13 +94,14 @@ def test_train_dpo_moves_only_the_adapters_and_separates_the_pairs(tiny):
     pairs = load_preferences("train")[:8]
     inject_lora(model, r=4, alpha=8)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    history = dpo.train_dpo(model, tokenizer, pairs, steps=12, batch_size=4, lr=5e-3, beta=0.5, progress=False)
+    history = dpo.train_dpo(model, tokenizer, pairs, TrainConfig(steps=12, batch_size=4, lr=5e-3), beta=0.5,
+                            progress=False)
     assert history["loss"][0] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at the start
     assert history["margin"][0] == pytest.approx(0.0, abs=1e-5)
     assert history["loss"][-1] < 0.5 * math.log(2) and history["margin"][-1] > 0.5
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     with pytest.raises(ValueError, match="no trainable parameters"):
-        dpo.train_dpo(tiny_frozen(tokenizer), tokenizer, pairs, steps=1, progress=False)
+        dpo.train_dpo(tiny_frozen(tokenizer), tokenizer, pairs, TrainConfig(steps=1), progress=False)
 
 
 def test_train_dpo_in_bf16_starts_from_its_reference_and_learns(tiny):
@@ -108,8 +110,8 @@ def test_train_dpo_in_bf16_starts_from_its_reference_and_learns(tiny):
     model, tokenizer = tiny
     pairs = load_preferences("train")[:8]
     inject_lora(model, r=4, alpha=8)
-    history = dpo.train_dpo(model, tokenizer, pairs, steps=12, batch_size=4, lr=5e-3, beta=0.5, progress=False,
-                            precision="bf16")
+    history = dpo.train_dpo(model, tokenizer, pairs, TrainConfig(steps=12, batch_size=4, lr=5e-3, precision="bf16"),
+                            beta=0.5, progress=False)
     assert history["margin"][0] == pytest.approx(0.0, abs=2e-4)  # a fp32 reference is off by 1.3e-3 here
     assert history["loss"][0] == pytest.approx(math.log(2), abs=1e-4)
     assert history["loss"][-1] < 0.5 * math.log(2) and history["margin"][-1] > 0.5
@@ -125,10 +127,10 @@ def test_train_dpo_called_again_keeps_the_frozen_base_as_reference(tiny, loss_ty
     model, tokenizer = tiny
     pairs = load_preferences("train")[:4]
     inject_lora(model, r=4, alpha=8)
-    dpo.train_dpo(model, tokenizer, pairs, steps=6, batch_size=4, lr=5e-3, beta=0.5, progress=False,
-                    loss_type=loss_type)
-    again = dpo.train_dpo(model, tokenizer, pairs, steps=1, batch_size=4, lr=0.0, beta=0.5, progress=False,
-                            loss_type=loss_type)
+    dpo.train_dpo(model, tokenizer, pairs, TrainConfig(steps=6, batch_size=4, lr=5e-3), beta=0.5, progress=False,
+                  loss_type=loss_type)
+    again = dpo.train_dpo(model, tokenizer, pairs, TrainConfig(steps=1, batch_size=4, lr=0.0), beta=0.5,
+                          progress=False, loss_type=loss_type)
     base, _ = tiny_model(seed=0, tokenizer=tokenizer)
     average = loss_type == "ipo"
     ordered = [pairs[i] for i in batching.batch_indices(len(pairs), 1, 4)[0]]
@@ -203,3 +205,27 @@ def test_shared_prefix_refuses_attention_without_custom_masks(tiny):
                                     tokenizer.pad_token_id)
     with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
         dpo.shared_prefix_logprobs(model, batch)
+
+
+def test_train_dpo_accumulating_two_micro_batches_equals_one_batch(tiny):
+    """DPO takes the whole TrainConfig: two micro-batches of 2 pairs take the steps one batch of 4 takes."""
+    model, tokenizer = tiny
+    pairs = load_preferences("train")[:8]
+    torch.manual_seed(0)
+    inject_lora(model, r=4, alpha=8)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in trainable]
+    runs = []
+    for accumulation in (1, 2):
+        with torch.no_grad():
+            for p, saved in zip(trainable, start):
+                p.copy_(saved)
+        history = dpo.train_dpo(model, tokenizer, pairs,
+                                TrainConfig(steps=2, batch_size=4, lr=1e-2, accumulation=accumulation),
+                                beta=0.5, progress=False)
+        runs.append((history["loss"], [p.detach().clone() for p in trainable]))
+    (big_loss, big), (small_loss, small) = runs
+    assert len(big_loss) == len(small_loss) == 2
+    assert small_loss == pytest.approx(big_loss, abs=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(big, small))
+    assert any(not torch.equal(a, b) for a, b in zip(big, start))

@@ -223,14 +223,15 @@ def test_qlora_learns_on_cpu(tiny):
     """LoRA over NF4 base layers trains (bitsandbytes' own 4-bit path does not on CPU)."""
     from course_lib import classify, lora
     from course_lib.data import load_tickets
+    from course_lib.training import TrainConfig
     model, tokenizer = tiny
     quant.quantize_model(model, "nf4")
     codes = {n: m.codes.clone() for n, m in model.named_modules() if isinstance(m, quant.QuantLinear)}
     lora.inject_lora(model, r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
     with torch.no_grad():  # a no-grad forward first: this is what freezes bitsandbytes' CPU 4-bit LoRA
         model(**tokenizer(["warm up"], return_tensors="pt"))
-    history = classify.train_classifier(model, tokenizer, load_tickets("train")[:8], steps=20, batch_size=4,
-                                        lr=3e-2, progress=False)
+    history = classify.train_classifier(model, tokenizer, load_tickets("train")[:8],
+                                        TrainConfig(steps=20, batch_size=4, lr=3e-2), progress=False)
     assert sum(history["loss"][-5:]) / 5 < history["loss"][0] - 0.4
     for name, m in model.named_modules():
         if isinstance(m, quant.QuantLinear):

@@ -7,7 +7,8 @@ import time
 import nbformat
 import pytest
 
-from grader.references import UNAVAILABLE_ERROR, UnremovableReference, removal, unavailable_problems
+from grader import references
+from grader.references import UNAVAILABLE_ERROR, UnremovableReference, needing, removal, unavailable_problems
 from grader.verdicts import reference_uses
 from notebook_tools import ROOT, read
 
@@ -68,6 +69,41 @@ def test_a_graded_cell_that_needs_a_reference_through_course_lib_is_found():
     assert len(problems) == 1 and "dpo.preference_batch, which needs sft.sft_example" in problems[0]
     nb.cells[-1].metadata["tags"] = ["skip-grading"]
     assert unavailable_problems(nb) == []
+
+
+SHOP = """
+from __future__ import annotations
+from dataclasses import dataclass
+from .lora import inject_lora
+
+@dataclass(frozen=True)
+class Recipe:
+    r: int
+    def with_r(self, r: int) -> Recipe:
+        return Recipe(r)
+    def apply(self, model):
+        return inject_lora(model, r=self.r)
+
+SMALL = Recipe(4)
+LARGE = SMALL.with_r(16)
+"""
+
+
+@pytest.mark.parametrize("tail, line", [("", None), ("APPLIED = LARGE.apply(None)\n", 16),
+                                        ("class Eager(Recipe):\n    def __post_init__(self):\n"
+                                         "        self.apply(None)\nEAGER = Eager(2)\n", 19)])
+def test_code_run_at_import_is_judged_by_what_it_calls(tmp_path, monkeypatch, tail, line):
+    """Making an instance at import runs its construction, not its methods; calling a method that needs a reference
+    (directly or from ``__post_init__``) is found. Whoever holds the class or an instance may call anything."""
+    (tmp_path / "shop.py").write_text(SHOP + tail)
+    monkeypatch.setattr(references, "PACKAGE", tmp_path)
+    needs, problems = needing(["lora.inject_lora"])
+    assert needs["shop.Recipe"] == needs["shop.LARGE"] == needs["shop.SMALL"] == "lora.inject_lora"
+    assert "shop.with_r" not in needs
+    if line is None:
+        assert problems == []
+    else:
+        assert problems == [f"course_lib/shop.py line {line} needs lora.inject_lora when it is imported"]
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb")))

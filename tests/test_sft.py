@@ -9,6 +9,7 @@ from course_lib import batching, classify, lora, sft
 from course_lib.data import load_tickets
 from course_lib.grading import assert_number_close, assert_tensors_close
 from course_lib.models import tiny_model
+from course_lib.training import TrainConfig
 
 TAGGED_TEMPLATE = Path(__file__).parent / "data" / "smollm2_generation.jinja"
 CHATS = [
@@ -100,7 +101,7 @@ def test_sft_example_refuses_a_chat_without_reply(tiny):
 def test_answer_loss_equals_full_loss(tiny):
     model, tokenizer = tiny
     rows = load_tickets("train")[:4]
-    batch = batching.collate([classify.encode_example(tokenizer, r["text"], r["label"]) for r in rows],
+    batch = batching.collate(classify.examples(tokenizer, rows),
                              tokenizer.pad_token_id)
     assert (batch["attention_mask"] == 0).any(), "rows of different lengths are needed to test padding"
     assert_number_close(sft.answer_loss(model, batch), model(**batch).loss.item(), atol=1e-6, rtol=0)
@@ -109,7 +110,7 @@ def test_answer_loss_equals_full_loss(tiny):
 def test_eval_loss_is_the_token_weighted_mean_whatever_the_batching(tiny):
     model, tokenizer = tiny
     rows = load_tickets("validation")[:7]
-    examples = [classify.encode_example(tokenizer, r["text"], r["label"]) for r in rows]
+    examples = classify.examples(tokenizer, rows)
     losses, tokens = [], []
     with torch.no_grad():
         for ids, labels in examples:  # one example at a time: no padding at all
@@ -136,10 +137,10 @@ def test_transformers_trainer_with_peft_takes_the_same_steps_as_train_sft(tiny):
     lora.inject_lora(model, r=4, alpha=8, target_modules=["q_proj", "v_proj"])
     start = lora.adapter_state_dict(model)
     start = {k: v.clone() for k, v in start.items()}
-    examples = [classify.encode_example(tokenizer, r["text"], r["label"]) for r in load_tickets("train")[:12]]
+    examples = classify.examples(tokenizer, load_tickets("train")[:12])
     steps, batch = 5, 4
-    ours = sft.train_sft(model, examples, tokenizer.pad_token_id, steps=steps, batch_size=batch, lr=1e-2,
-                              progress=False)
+    ours = sft.train_sft(model, examples, tokenizer.pad_token_id, TrainConfig(steps=steps, batch_size=batch, lr=1e-2),
+                         progress=False)
 
     base, _ = tiny_model(seed=0)
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],

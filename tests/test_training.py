@@ -100,7 +100,8 @@ def test_sft_trains_exactly_as_the_plain_loop_it_replaced(tiny):
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    history = sft.train_sft(model, examples, tokenizer.pad_token_id, steps=5, batch_size=4, lr=1e-2, progress=False)
+    history = sft.train_sft(model, examples, tokenizer.pad_token_id, TrainConfig(steps=5, batch_size=4, lr=1e-2),
+                            progress=False)
     assert history["loss"] == pytest.approx(losses, abs=1e-6)
     for a, b in zip(_state(reference), _state(model)):
         assert torch.allclose(a, b, atol=1e-6)
@@ -177,11 +178,23 @@ def test_each_process_takes_its_share_of_every_batch(tiny):
     answer_loss = sft.answer_loss
     try:
         sft.answer_loss = lambda m, batch: (seen.append(batch["input_ids"].shape[0]), answer_loss(m, batch))[1]
-        sft.train_sft(model, examples, tokenizer.pad_token_id, steps=2, batch_size=4, accumulation=2,
-                           accelerator=Accelerator(), progress=False)
+        sft.train_sft(model, examples, tokenizer.pad_token_id, TrainConfig(steps=2, batch_size=4, accumulation=2),
+                      accelerator=Accelerator(), progress=False)
     finally:
         sft.answer_loss = answer_loss
     assert seen == [1, 1, 1, 1]  # micro-batches of 2, one example each for this process
     with pytest.raises(ValueError, match="do not split over 2 processes"):
-        sft.train_sft(model, examples, tokenizer.pad_token_id, steps=1, batch_size=3, accelerator=Accelerator(),
-                           progress=False)
+        sft.train_sft(model, examples, tokenizer.pad_token_id, TrainConfig(steps=1, batch_size=3),
+                      accelerator=Accelerator(), progress=False)
+
+
+def test_config_draws_whole_batches_split_into_micro_batches():
+    one, split = TrainConfig(steps=3, batch_size=4, seed=1), TrainConfig(steps=3, batch_size=4, seed=1, accumulation=2)
+    batches, micro = one.micro_batches(10), split.micro_batches(10)
+    assert [len(b) for b in batches] == [4, 4, 4] and [len(m) for m in micro] == [2] * 6
+    assert [i for b in batches for i in b] == [i for m in micro for i in m]  # the same examples in the same order
+    assert batches != TrainConfig(steps=3, batch_size=4, seed=2).micro_batches(10)
+    with pytest.raises(ValueError, match="batch_size 6 is not a multiple of accumulation 4"):
+        TrainConfig(steps=1, batch_size=6, accumulation=4)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(steps=1, batch_size=0)
