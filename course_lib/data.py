@@ -100,6 +100,7 @@ MEASUREMENTS = {
     "approaches_first_split.json": "scripts/measure_approaches.py first_split",
     "approaches_knowledge.json": "scripts/measure_approaches.py knowledge",
     "data_quality.json": "scripts/measure_data_quality.py",
+    "data_quality_epochs.json": "scripts/measure_data_quality.py --epochs 1 --seeds 0",
     "lora_sweep.json": "scripts/sweep_lora.py",
     "overfitting_tickets.json": "scripts/measure_overfitting.py",
     "lora_peft_vs_ours.json": "scripts/lora_peft_vs_ours.py",

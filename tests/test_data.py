@@ -1,5 +1,6 @@
 """course_lib.data: the shipped data sets, adapters and measurements, and the JSONL reader's errors."""
 import json
+import math
 import subprocess
 import sys
 from collections import Counter
@@ -233,6 +234,21 @@ def test_data_quality_runs_separate_quantity_noise_and_leakage_over_seeds():
         b, a = name.split(" vs ")
         assert [p["difference"] for p in comparison["per_seed"]] == pytest.approx(
             [rb["test_accuracy"] - ra["test_accuracy"] for ra, rb in zip(results[a]["runs"], results[b]["runs"])])
+
+
+def test_data_quality_at_equal_epochs_sees_each_training_set_once():
+    """The equal-epochs run is one seed (the notebook says so); each set is seen once, in whole batches of 8."""
+    measured = _measurement("data_quality_epochs.json")
+    batch = measured["recipe"]["batch_size"]
+    for name, result in measured["results"].items():
+        for run in result["runs"]:
+            assert run["steps"] == math.ceil(run["examples"] / batch), name
+            assert run["test_items_with_a_near_duplicate_in_train"] == 0
+    for name, comparison in measured["comparisons"].items():
+        b, a = name.split(" vs ")
+        assert [p["difference"] for p in comparison["per_seed"]] == pytest.approx(
+            [rb["test_accuracy"] - ra["test_accuracy"]
+             for ra, rb in zip(measured["results"][a]["runs"], measured["results"][b]["runs"])])
 
 
 def test_qlora_targets_compare_the_same_adapters_on_both_bases_over_seeds():
