@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .lora import lora_parameter_count, lora_scaling
+from .quant import bits_per_parameter
 
 GB = 1e9
 MB = 1e6
 BYTES_PER_TRAINED_PARAM = 2 + 2 + 4 + 8  # fp16 weight + fp16 grad + fp32 master + Adam m and v
-NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 absmaxes
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def finetune_memory_gb(shape: TransformerShape, method: str, r: int = 8,
         frozen, trained = 0.0, n * BYTES_PER_TRAINED_PARAM
     elif method in ("lora", "qlora"):
         quantized = block_linear_parameter_count(shape) if method == "qlora" else 0
-        frozen = quantized * NF4_DQ_BITS / 8 + (n - quantized) * 2
+        frozen = quantized * bits_per_parameter("nf4-dq") / 8 + (n - quantized) * 2
         trained = lora_trainable(shape, r, targets) * BYTES_PER_TRAINED_PARAM
     else:
         raise ValueError(f"method must be 'full', 'lora' or 'qlora', got {method!r}")

@@ -305,11 +305,16 @@ def fake_quantize(w: torch.Tensor, bits: int, block_size: int | None = 64) -> to
     return q.reshape(-1)[:w.numel()].view(w.shape).to(w.dtype)
 
 
+def blockwise_bits(bits: int, block_size: int) -> float:
+    """Storage cost per weight of ``bits``-bit codes with one fp32 constant per block: bits + 32/B."""
+    return bits + 32 / block_size
+
+
 def bits_per_parameter(method: str, block_size: int = 64, block_size2: int = 256) -> float:
     """Storage cost per weight, constants included: 8 (int8, per-tensor scale ~ 0), 4 + 32/B for 4-bit
     blockwise with fp32 absmax, and 4 + 8/B + 32/(B * B2) for NF4 with double quantization."""
     if method in ("int4", "nf4"):
-        return 4 + 32 / block_size
+        return blockwise_bits(4, block_size)
     if method == "nf4-dq":
         return 4 + 8 / block_size + 32 / (block_size * block_size2)
     if method == "int8":

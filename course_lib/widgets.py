@@ -10,9 +10,9 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from .decision import PRICE_SHEETS, CostModel, break_even_requests, monthly_costs, recommend
-from .memory import TransformerShape, lora_summary
+from .memory import MB, TransformerShape, lora_summary
 from .metrics import win_rate
-from .quant import fake_quantize, quantization_snr_db
+from .quant import blockwise_bits, fake_quantize, quantization_snr_db
 
 def _render(s: dict[str, float], name: str, measured: dict[int, dict] | None = None) -> str:
     rows = [
@@ -71,7 +71,7 @@ def bitwidth_explorer(weight, name: str, measured_ppl: dict[str, float], n_param
     def update(_=None) -> None:
         w_hat = fake_quantize(weight, bits.value, block.value)
         err = (w_hat - weight).flatten().numpy()
-        per_param = bits.value + 32 / (block.value or weight.shape[1])
+        per_param = blockwise_bits(bits.value, block.value or weight.shape[1])
         key = f"{bits.value}bit-{block.value or 'row'}"
         with out:
             out.clear_output(wait=True)
@@ -81,7 +81,7 @@ def bitwidth_explorer(weight, name: str, measured_ppl: dict[str, float], n_param
                    title=f"{name}: {bits.value}-bit, block {block.value or 'row'}")
             plt.show()
             print(f"SNR {quantization_snr_db(weight, w_hat):.1f} dB | max |error| {abs(err).max():.2e} | "
-                  f"{per_param:.3f} bits/param -> {n_params * per_param / 8 / 1e6:.1f} MB for the linear layers | "
+                  f"{per_param:.3f} bits/param -> {n_params * per_param / 8 / MB:.1f} MB for the linear layers | "
                   f"measured perplexity of the whole model: {measured_ppl[key]:.2f}")
 
     bits.observe(update, names="value")

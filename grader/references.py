@@ -1,7 +1,7 @@
 """The grading kernel without the notebook's reference implementations (as PrairieLearn keeps answer files away).
 
 An exercise declares what its answer may not use (``course.references`` in the solution notebook's metadata):
-course_lib functions, classes and constants (``lora.LoRALinear``, ``memory.NF4_DQ_BITS``), whole course_lib
+course_lib functions, classes and constants (``lora.LoRALinear``, ``memory.BYTES_PER_TRAINED_PARAM``), whole course_lib
 modules (``metrics``), third-party packages (``peft``) or their functions (``scipy.stats.bootstrap``). While a
 notebook is graded, none of its references exist in the kernel: the sandbox mounts, over the real files,
 

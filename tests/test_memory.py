@@ -2,8 +2,9 @@
 import pytest
 
 from course_lib import lora
-from course_lib.memory import (LLAMA2_7B, LLAMA_SHAPES, NF4_DQ_BITS, TransformerShape, finetune_memory_gb,
+from course_lib.memory import (LLAMA2_7B, LLAMA_SHAPES, TransformerShape, finetune_memory_gb,
                                lora_summary, lora_trainable, parameter_count, weight_memory_gb)
+from course_lib.quant import bits_per_parameter
 
 
 def test_llama2_7b_parameter_count_matches_the_paper():
@@ -30,11 +31,11 @@ def test_finetune_memory_7b():
     assert lora_mem["frozen_weights"] == pytest.approx(13.48, abs=0.01)
     assert lora_mem["trained_state"] == pytest.approx(32 * 2 * 8 * 8192 * 16 / 1e9)
     qlora = finetune_memory_gb(LLAMA2_7B, "qlora", r=8)
-    assert NF4_DQ_BITS == pytest.approx(4.127, abs=1e-3)
+    nf4_dq = bits_per_parameter("nf4-dq")  # 4.127: 4-bit codes + 8-bit absmax per 64 + fp32 per 256 absmaxes
     # NF4 for the 32 x 7 linear layers of the blocks (6,476,005,376 weights); embeddings, LM head and norms in 16-bit.
     quantized = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
     assert quantized == 6_476_005_376
-    assert qlora["frozen_weights"] == pytest.approx((quantized * NF4_DQ_BITS / 8 + (6_738_415_616 - quantized) * 2) / 1e9)
+    assert qlora["frozen_weights"] == pytest.approx((quantized * nf4_dq / 8 + (6_738_415_616 - quantized) * 2) / 1e9)
     assert qlora["frozen_weights"] == pytest.approx(3.865, abs=1e-3)  # 3.341 GB of codes + 0.524 GB in 16-bit
     assert qlora["total"] < lora_mem["total"] < full["total"]
     assert finetune_memory_gb(LLAMA2_7B, "lora", r=64)["total"] > lora_mem["total"]
@@ -67,8 +68,8 @@ def test_qlora_quantizes_only_the_blocks_linear_layers(tiny):
     quant.quantize_model(model, "nf4-dq")
     assert {n: p.numel() for n, p in model.named_parameters()} == kept
     assert sum(kept.values()) == parameter_count(shape) - block_linear_parameter_count(shape)
-    assert quant.linear_weight_bytes(model) == pytest.approx(block_linear_parameter_count(shape) * NF4_DQ_BITS / 8,
-                                                             rel=0.01)
+    nf4_dq_bytes = block_linear_parameter_count(shape) * bits_per_parameter("nf4-dq") / 8
+    assert quant.linear_weight_bytes(model) == pytest.approx(nf4_dq_bytes, rel=0.01)
 
 
 def test_lora_summary_is_computed_from_the_shapes(tiny):

@@ -182,7 +182,9 @@ def test_bad_shapes_and_blocks():
 
 
 def test_bits_per_parameter():
-    assert quant.bits_per_parameter("nf4") == 4.5
+    assert quant.bits_per_parameter("nf4") == quant.blockwise_bits(4, 64) == 4.5
+    assert quant.bits_per_parameter("int4", block_size=128) == quant.blockwise_bits(4, 128) == 4.25
+    assert quant.blockwise_bits(3, 32) == 4.0  # the bit-width explorer's 3-bit codes, blocks of 32
     assert quant.bits_per_parameter("nf4-dq") == pytest.approx(4.127, abs=1e-3)
 
 

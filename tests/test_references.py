@@ -29,13 +29,13 @@ def _run_stubbed(tmp_path, references, code):
 
 
 def test_removed_references_raise_however_they_are_reached(tmp_path):
-    done = _run_stubbed(tmp_path, ["lora.lora_scaling", "lora.LoRALinear", "memory.NF4_DQ_BITS",
+    done = _run_stubbed(tmp_path, ["lora.lora_scaling", "lora.LoRALinear", "memory.BYTES_PER_TRAINED_PARAM",
                                    "decision.CostModel.training", "peft"], """
         import importlib, inspect, sys
         from course_lib import decision, lora, memory
         outcomes = []
         for attempt in (lambda: lora.lora_scaling(16, 8), lambda: exec("class Mine(lora.LoRALinear): pass", {"lora": lora}),
-                        lambda: memory.NF4_DQ_BITS * 2, lambda: float(memory.NF4_DQ_BITS),
+                        lambda: memory.BYTES_PER_TRAINED_PARAM * 2, lambda: float(memory.BYTES_PER_TRAINED_PARAM),
                         lambda: decision.CostModel().training(1000), lambda: importlib.import_module("peft"),
                         lambda: getattr(sys.modules["course_lib.lora"], "lora_scaling")(1, 2)):
             try:
