@@ -1,5 +1,8 @@
 """Data sets that ship with the course, and a JSONL reader that names the file, line and field of bad input.
 
+A package: this module's code and the files it reads (``tickets/``, ``preferences/``, ``policies/``, ``messy/``,
+``adapters/``, ``measurements/``) live in one folder.
+
 The support-ticket data set (``load_tickets``) has five categories and train/validation/test splits with
 no near-duplicates across them; ``scripts/make_tickets.py`` says how it was made. Sixty more tickets
 (``load_freeform_tickets``) were written by hand, unlike those templates, to test robustness.
@@ -89,8 +92,8 @@ def reference_prose(max_chars: int | None = None) -> str:
 
 
 def _shipped(*parts: str) -> Path:
-    """A path inside course_lib's shipped data folder."""
-    return Path(str(resources.files("course_lib").joinpath("data", *parts)))
+    """A path inside this package's folder of shipped data."""
+    return Path(str(resources.files(__name__).joinpath(*parts)))
 
 
 # Every shipped measurement and the command that writes it: what a notebook prints from one of these files, the
