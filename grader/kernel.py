@@ -26,7 +26,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_code_cell, new_output
 
 import course_lib
-from course_lib import wire
+from course_lib.grading import wire
 from course_lib.models import cache_dir
 
 from .cells import is_skipped
@@ -282,7 +282,7 @@ class KernelSession:
     def call(self, name: str, args: tuple, kwargs: dict, refs: dict[int, str], probe: dict | None = None
              ) -> tuple[dict, dict]:
         """Call the learner's function ``name`` in the kernel (or the given probe ``name``, defined from
-        ``probe`` by the call handler: :func:`course_lib.wire.serve`); returns the answer message and its tensors."""
+        ``probe`` by the call handler: :func:`course_lib.grading.wire.serve`); returns the answer message and its tensors."""
         if self.dead:
             raise LearnerCallError(name, "no kernel: it died or ran past its limits")
         if self._left() <= 1:
@@ -293,7 +293,7 @@ class KernelSession:
         if probe is not None:
             message["probe"] = probe
         request = self._request(message, tensors)
-        cell = new_code_cell(f"import course_lib.wire as __w; __w.serve({str(request)!r}, globals()); del __w")
+        cell = new_code_cell(f"import course_lib.grading.wire as __w; __w.serve({str(request)!r}, globals()); del __w")
         timeout = int(min(self.limits.call_timeout_s, self._left()))
         self.client.nb = nbformat.v4.new_notebook(cells=[cell])  # a call never touches the executed notebook
         self.client.timeout, self.client.calling, self.client.answer = timeout, True, None

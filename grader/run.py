@@ -10,7 +10,7 @@
    (:mod:`grader.references`). Test cells are not run in the kernel.
 3. Each exercise's tests (visible and hidden, from solutions/) run in the grader's process, under an address-space
    bound. Every call of a learner's function (or of a given probe, defined from the release) crosses into the
-   sandboxed kernel as plain data (:mod:`course_lib.wire`) and back, so the learner's code runs only in the
+   sandboxed kernel as plain data (:mod:`course_lib.grading.wire`) and back, so the learner's code runs only in the
    sandbox, and the decision "passed" is made here, by trusted code.
 4. An exercise whose code names the reference implementation it was asked to write (declared per exercise in
    the solution notebook's metadata) earns nothing, and the feedback says so; a call that reaches one fails.

@@ -1,7 +1,7 @@
 """Deciding each exercise in the grader's own process, by trusted code.
 
 Each exercise's tests (visible, then hidden, from the solution notebook) run here; every call of a learner's
-function crosses into the sandboxed kernel as plain data (:mod:`course_lib.wire`) and back. An answer that uses
+function crosses into the sandboxed kernel as plain data (:mod:`course_lib.grading.wire`) and back. An answer that uses
 the reference implementation it was asked to write (declared per exercise in the solution's metadata) earns
 nothing: the references do not exist in the grading kernel (:mod:`grader.references`), and a use seen in the source
 is named in the feedback. A given probe (a locked cell ``<exercise>_probe``) is the release's text, run by the
@@ -19,7 +19,7 @@ import traceback
 import nbformat
 import torch
 
-from course_lib import wire
+from course_lib.grading import wire
 from course_lib.grading import GradingError
 
 from .cells import grade_id, setup_cell

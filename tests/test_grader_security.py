@@ -106,7 +106,7 @@ def _cases(paths: dict) -> dict:
             "    update_display(f'HIDDENCALL alpha={alpha} r={r}', display_id='leak')\n"
             "    print(f'HIDDENCALL printed {alpha} {r}')\n"
             "    raise type(f'HIDDENCALL_{alpha}_{r}', (Exception,), {})()")
-    bomb = ("import torch, course_lib.wire as w\n_encode = w.encode\nclass Bomb:\n    pass\n"
+    bomb = ("import torch, course_lib.grading.wire as w\n_encode = w.encode\nclass Bomb:\n    pass\n"
             "def _bomb(value, tensors, refs=None, depth=0):\n"
             "    if isinstance(value, Bomb):\n        tensors['t0'] = torch.zeros(2**21)\n"
             "        return {'t': 'list', 'v': [{'t': 'tensor', 'k': 't0'}] * 50_000}\n"
@@ -209,7 +209,7 @@ def _cases(paths: dict) -> dict:
         "ref_ctypes": (_answers(scale="import ctypes, sys\ndef lora_scale(alpha, r):\n"
                                 "    ctypes.pythonapi.PyEval_SetProfile(None, None)\n    ctypes.pythonapi.PyEval_SetTrace(None, None)\n"
                                 f"    return {computed}(alpha, r)"), 2, "reference implementation"),
-        "ref_handler": (_answers(scale=f"import sys\nimport course_lib.wire as _w\n_real = _w.serve\n"
+        "ref_handler": (_answers(scale=f"import sys\nimport course_lib.grading.wire as _w\n_real = _w.serve\n"
                                  "def _serve(path, namespace):\n"
                                  f"    F = {computed}\n"
                                  "    return _real(path, dict(namespace, lora_scale=lambda a, r: F(a, r)))\n"

@@ -1,11 +1,11 @@
-"""course_lib.wire: plain-data values only, round trips exact, anything else marked, malformed input refused."""
+"""course_lib.grading.wire: plain-data values only, round trips exact, anything else marked, malformed input refused."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from course_lib import wire
+from course_lib.grading import wire
 from course_lib.grading import Scale
 
 

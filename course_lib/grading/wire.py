@@ -23,7 +23,7 @@ import sys
 import torch
 from torch import nn
 
-from .grading import Scale
+from .checks import Scale
 
 MAX_ITEMS = 100_000               # values (nodes) in one message
 MAX_DEPTH = 20                    # nesting of lists, tuples and dicts
