@@ -19,8 +19,7 @@ import traceback
 import nbformat
 import torch
 
-from course_lib.grading import wire
-from course_lib.grading import GradingError
+from course_lib.grading import GradingError, wire
 
 from .cells import grade_id, setup_cell
 from .kernel import KernelSession, LearnerCallError
@@ -171,9 +170,10 @@ def _named_objects(test_source: str) -> dict[str, object]:
     return {k: v for k, v in _NAMESPACE_CACHE.items() if k in used}
 
 
-def _failure(err: BaseException, hidden: bool, label: str) -> str:
+def _failure(err: BaseException, hidden: bool, label: str, source: str = "") -> str:
     """What the learner is told about a failed test: the author's message for hidden checks, never code,
-    inputs or a traceback line of a hidden test."""
+    inputs or a traceback line of a hidden test; for a visible test, the error and the line of ``source`` (the
+    visible tests, compiled as ``label``) where it failed."""
     if isinstance(err, LearnerCallError):  # on hidden inputs, nothing the kernel sent is repeated
         return err.public + " on a hidden test input" if hidden else str(err)
     if isinstance(err, GradingError):
@@ -183,7 +183,9 @@ def _failure(err: BaseException, hidden: bool, label: str) -> str:
     if hidden:
         return f"The hidden tests could not use what your function returned ({type(err).__name__})."
     frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == label]
-    line = f" (in the visible test: `{frames[-1].line}`)" if frames and frames[-1].line else ""
+    lines = source.splitlines()
+    at = frames[-1].lineno if frames else None
+    line = f" (in the visible test: `{lines[at - 1].strip()}`)" if at and 0 < at <= len(lines) else ""
     return f"{type(err).__name__}: {str(err)[:300]}{line}"
 
 
@@ -238,7 +240,7 @@ def decide(solution: nbformat.NotebookNode, uses: dict[str, list[str]], session:
                         contextlib.redirect_stderr(io.StringIO()):
                     exec(compile(part, label, "exec"), ns)
             except Exception as err:
-                passed, message = False, _failure(err, is_hidden, label)
+                passed, message = False, _failure(err, is_hidden, label, part)
                 break
         if any(f.used for f in learners.values()):  # a call reached a reference, which raised in the kernel
             passed, message = False, _reference_message(None)
