@@ -7,6 +7,8 @@ from pathlib import Path
 
 import nbformat
 
+from grader.cells import grade_id
+
 ROOT = Path(__file__).resolve().parents[1]
 REGION = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.S)
 
@@ -16,8 +18,8 @@ def read(path: Path) -> nbformat.NotebookNode:
 
 
 def grade_cells(nb) -> dict[str, nbformat.NotebookNode]:
-    """Cells carrying nbgrader metadata, by grade_id."""
-    return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells if "nbgrader" in c.metadata}
+    """Cells carrying nbgrader metadata, by grade_id (read as the grader reads it)."""
+    return {gid: c for c in nb.cells if (gid := grade_id(c))}
 
 
 def hidden_regions(nb) -> list[str]:

@@ -1,0 +1,195 @@
+"""Correct answers written differently (numpy, loops, another stable formula), per (notebook, exercise): each must
+pass that exercise's tests (tests/notebooks/test_answers.py). A table, not tests."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from course_lib.batching import IGNORE_INDEX
+from course_lib.quant import NF4_LEVELS
+
+def _macro_numpy(matrix):
+    import numpy as np
+    m = np.asarray(torch.as_tensor(matrix).double().numpy())
+    tp = np.diag(m)
+    denominator = m.sum(0) + m.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(denominator > 0, 2 * tp / denominator, 0.0)
+    return f1.mean()  # a numpy float
+
+
+def _macro_loops(matrix):
+    rows = torch.as_tensor(matrix).tolist()
+    k, scores = len(rows), []
+    for c in range(k):
+        tp = rows[c][c]
+        fp = sum(rows[i][c] for i in range(k)) - tp
+        fn = sum(rows[c]) - tp
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        scores.append(2 * p * r / (p + r) if p + r else 0.0)
+    return sum(scores) / k
+
+
+def _bootstrap_python(values, confidence=0.95, resamples=2000, seed=0):
+    import random as _random
+    import statistics
+    data = [float(v) for v in values]
+    rng = _random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(data, k=len(data))) for _ in range(resamples))
+    alpha = (1 - confidence) / 2
+    return means[int(alpha * (resamples - 1))], means[int(round((1 - alpha) * (resamples - 1)))]
+
+
+def _bootstrap_numpy(values, confidence=0.95, resamples=2000, seed=0):
+    import numpy as np
+    data = np.asarray(torch.as_tensor(values, dtype=torch.float64) if torch.is_tensor(values) else values, dtype=float)
+    means = np.random.default_rng(seed).choice(data, size=(resamples, len(data)), replace=True).mean(1)
+    return tuple(np.percentile(means, [50 * (1 - confidence), 50 * (1 + confidence)]))
+
+
+def _mcnemar_scipy(correct_a, correct_b):
+    from scipy.stats import binomtest
+    b = sum(bool(x) and not bool(y) for x, y in zip(correct_a, correct_b))
+    c = sum(bool(y) and not bool(x) for x, y in zip(correct_a, correct_b))
+    return 1.0 if b + c == 0 else binomtest(min(b, c), b + c, 0.5).pvalue
+
+
+def _mcnemar_logspace(correct_a, correct_b):
+    pairs = [(bool(x), bool(y)) for x, y in zip(correct_a, correct_b)]
+    b, c = pairs.count((True, False)), pairs.count((False, True))
+    n = b + c
+    if n == 0:
+        return 1.0
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(min(b, c) + 1)]
+    top = max(logs)
+    return min(1.0, 2 * math.exp(top + math.log(sum(math.exp(x - top) for x in logs))))
+
+
+def _rouge_two_rows(prediction, reference):
+    import re
+    p = re.findall(r"[a-z0-9]+", prediction.lower())
+    r = re.findall(r"[a-z0-9]+", reference.lower())
+    previous = [0] * (len(r) + 1)
+    for x in p:
+        current = [0]
+        for j, y in enumerate(r):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[-1]))
+        previous = current
+    lcs = previous[-1]
+    return 0.0 if lcs == 0 else 2 * lcs / (len(p) + len(r))  # 2PR/(P+R) simplified
+
+
+def _perplexity_where(logprobs, mask):
+    m = torch.as_tensor(mask).to(torch.float64)
+    nll = -torch.where(m > 0, logprobs.double(), torch.zeros((), dtype=torch.float64)).sum() / m.sum()
+    return torch.exp(nll)  # a 0-d tensor
+
+
+def _perplexity_numpy(logprobs, mask):
+    import numpy as np
+    lp = logprobs.double().numpy()
+    keep = torch.as_tensor(mask).bool().numpy()
+    return np.exp(-lp[keep].mean())
+
+
+def _lora_layer_einsum():
+    """A correct MyLoRALinear and inject_my_lora written differently: F.linear and einsum, a recursive walk."""
+    nn, F_ = torch.nn, torch.nn.functional
+
+    class EinsumLoRA(nn.Module):
+        def __init__(self, base, r, alpha, dropout=nn.Identity()):
+            super().__init__()
+            for p in base.parameters():
+                p.requires_grad = False
+            self.wrapped, self.factor, self.drop = base, float(alpha) / float(r), dropout
+            self.lora_A = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(r, base.in_features), a=5 ** 0.5))
+            self.lora_B = nn.Parameter(base.weight.new_zeros(base.out_features, r))
+
+        def forward(self, x):
+            low = torch.einsum("...i,ri->...r", self.drop(x), self.lora_A)
+            return F_.linear(x, self.wrapped.weight, self.wrapped.bias) + self.factor * torch.einsum("...r,or->...o", low, self.lora_B)
+
+        def merged_weight(self):
+            return torch.addmm(self.wrapped.weight, self.lora_B, self.lora_A, alpha=self.factor)
+
+    def inject_my_lora(model, r, alpha, targets=("q_proj", "v_proj")):
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+        def walk(module, prefix):
+            for child_name, child in list(module.named_children()):
+                full = f"{prefix}.{child_name}" if prefix else child_name
+                if isinstance(child, nn.Linear) and any(full.endswith(t) for t in targets):
+                    setattr(module, child_name, EinsumLoRA(child, r, alpha))
+                else:
+                    walk(child, full)
+        walk(model, "")
+        return model
+
+    return {"MyLoRALinear": EinsumLoRA, "inject_my_lora": inject_my_lora}
+
+
+def _qlora_layer_bucketize():
+    """A correct MyQLoRALinear written differently: bucketize on the midpoints, a loop over blocks, F.linear."""
+    nn, F_ = torch.nn, torch.nn.functional
+
+    class Bucketized(nn.Module):
+        def __init__(self, base, r, alpha, block_size=64):
+            super().__init__()
+            flat, levels = base.weight.detach().reshape(-1), NF4_LEVELS
+            midpoints = (levels[1:] + levels[:-1]) / 2
+            absmax, codes = [], []
+            for start in range(0, flat.numel(), block_size):
+                block = flat[start:start + block_size]
+                m = block.abs().max()
+                absmax.append(m)
+                codes.append(torch.bucketize(block / m, midpoints))
+            self.register_buffer("codes", torch.cat(codes).to(torch.uint8).view_as(base.weight))
+            self.register_buffer("absmax", torch.stack(absmax).float())
+            self.register_buffer("levels", levels.clone(), persistent=False)
+            self.n, self.k = block_size, alpha / r
+            self.bias = None if base.bias is None else nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+            self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+
+        def dequantized_weight(self):
+            per_block = self.levels[self.codes.reshape(-1, self.n).long()] * self.absmax[:, None]
+            return per_block.reshape(self.codes.shape)
+
+        def forward(self, x):
+            w = self.dequantized_weight().to(x.dtype)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            lora = F_.linear(F_.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)) * self.k
+            return F_.linear(x, w, bias) + lora
+
+    return {"MyQLoRALinear": Bucketized}
+
+
+def _dpo_step_cross_entropy(policy, reference, batch, n_pairs, beta):
+    """A correct dpo_step written differently: per-token cross-entropy, a detached reference, softplus."""
+    def logprobs(model):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), batch["labels"][:, 1:], reduction="none",
+                              ignore_index=IGNORE_INDEX)
+        return -nll.sum(dim=1)
+
+    pol, ref = logprobs(policy), logprobs(reference).detach()
+    ratios = pol - ref
+    margin = ratios[:n_pairs] - ratios[n_pairs:]
+    return F.softplus(-beta * margin).mean(), (beta * ratios[:n_pairs]).detach(), (beta * ratios[n_pairs:]).detach()
+
+
+RIGHT = {
+    ("03_lora_basics", "lora_layer"): {"F.linear and einsum, a recursive walk": _lora_layer_einsum()},
+    ("04_quantization", "qlora_layer"): {"bucketize, a loop over blocks, F.linear": _qlora_layer_bucketize()},
+    ("05_sft_rlhf_dpo", "dpo_step"): {"cross-entropy, detached reference, softplus": _dpo_step_cross_entropy},
+    ("06_evaluation", "macro_f1"): {"numpy, returns a numpy float": _macro_numpy, "loops over lists": _macro_loops},
+    ("06_evaluation", "bootstrap_interval"): {"random.choices and sorted means": _bootstrap_python,
+                                              "numpy generator and percentile": _bootstrap_numpy},
+    ("06_evaluation", "mcnemar_p"): {"scipy's binomtest": _mcnemar_scipy, "log-space sum": _mcnemar_logspace},
+    ("06_evaluation", "rouge_l_f1"): {"two-row table, 2L/(k+m)": _rouge_two_rows},
+    ("06_evaluation", "perplexity_from_logprobs"): {"torch.where, 0-d tensor": _perplexity_where,
+                                                    "numpy boolean indexing": _perplexity_numpy},
+}
