@@ -12,14 +12,17 @@ recipe from here, so that a number changes in one place.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .lora import ALL_LINEAR, inject_lora
+from .lora import ALL_LINEAR, inject_lora, save_adapter
+from .models import DEFAULT_MODEL_ID
 from .sft import train_sft
 from .training import TrainConfig
 
@@ -84,3 +87,13 @@ TICKET_LORA = Recipe(r=8, alpha=16, target_modules=("q_proj", "v_proj"),
                      train=TrainConfig(steps=60, batch_size=8, lr=1e-3, seed=0))
 REPLY_LORA = TICKET_LORA.replace(steps=100)
 KNOWLEDGE_LORA = Recipe(r=16, alpha=32, target_modules=ALL_LINEAR, train=TrainConfig(steps=60, batch_size=8, lr=1e-3))
+
+
+def ship_adapter(model, folder: Path, record: dict) -> None:
+    """Save ``model``'s adapters in PEFT format to ``folder``, readable by all, with ``record`` (the recipe, what
+    training measured) as training.json: the last step of the scripts that make the shipped adapters."""
+    folder = save_adapter(model, folder, base_model_name_or_path=DEFAULT_MODEL_ID)
+    (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    print(json.dumps(record, indent=1))

@@ -25,13 +25,12 @@ import json
 import random
 from pathlib import Path
 
-from make_tickets import OPENERS, make_ticket
-
 from course_lib.classify import SYSTEM_PROMPT
-from course_lib.data import TICKET_LABELS, load_tickets, near_duplicate_key
+from course_lib.data import TICKET_LABELS, load_tickets, near_duplicate_key, shipped_path
+from course_lib.data.ticket_generator import OPENERS, make_ticket
 
 SEED, RECORDS = 7, 3000
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "messy"
+OUT = shipped_path("messy")
 RATES = {"html": 0.08, "pii": 0.10, "wrong_label": 0.10, "empty_label": 0.02, "truncated_label": 0.02,
          "duplicate": 0.08, "near_duplicate": 0.07, "turn_order": 0.02}
 NOT_JSON = ['{"text": "My order #55102 still has not arr', "ERROR export batch 7 failed: timeout", "<html><body>502 Bad Gateway",

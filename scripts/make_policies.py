@@ -14,7 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "policies"
+from course_lib.data import shipped_path
+
+OUT = shipped_path("policies")
 SHOP = "Brightmoor Home Supplies"
 
 # document title -> [(fact id, sentence with {v}, value, [training questions], test paraphrase, answer with {v})]

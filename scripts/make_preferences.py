@@ -23,11 +23,11 @@ import random
 from pathlib import Path
 
 from course_lib.align import GREETING, SIGN_OFF
-from course_lib.data import load_tickets, write_jsonl
+from course_lib.data import load_tickets, shipped_path, write_jsonl
 
 SEED = 2026
 SIZES = {"train": ("train", 400), "test": ("test", 100)}
-OUT = Path(__file__).resolve().parents[1] / "course_lib" / "data" / "preferences"
+OUT = shipped_path("preferences")
 
 ANSWERS = {
     "account": [

@@ -15,13 +15,11 @@ import argparse
 
 import torch
 
-from make_ticket_adapter import ship_adapter
-
 from course_lib import align, sft
 from course_lib.data import load_preferences, reply_adapter_path
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
-from course_lib.recipes import REPLY_LORA
+from course_lib.recipes import REPLY_LORA, ship_adapter
 
 
 def main() -> None:

@@ -11,26 +11,13 @@ measured here is written next to it (``training.json``) and checked by tests/tes
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-
 import torch
 
-from course_lib import classify, lora
+from course_lib import classify
 from course_lib.data import load_tickets, ticket_adapter_path
 from course_lib.device import use_cores
-from course_lib.models import DEFAULT_MODEL_ID, load_default_model
-from course_lib.recipes import TICKET_LORA
-
-
-def ship_adapter(model, folder: Path, record: dict) -> None:
-    """Save ``model``'s adapters in PEFT format to ``folder``, readable by all, with ``record`` as training.json
-    (this script's and make_reply_adapter.py's last step)."""
-    folder = lora.save_adapter(model, folder, base_model_name_or_path=DEFAULT_MODEL_ID)
-    (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    for path in folder.iterdir():
-        path.chmod(0o644)
-    print(json.dumps(record, indent=1))
+from course_lib.models import load_default_model
+from course_lib.recipes import TICKET_LORA, ship_adapter
 
 
 def main() -> None:

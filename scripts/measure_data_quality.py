@@ -36,11 +36,9 @@ import json
 import math
 import random
 
-
-from make_tickets import OPENERS, make_ticket
-
 from course_lib import classify, metrics
 from course_lib.data import MEASUREMENTS, TICKET_LABELS, load_tickets, write_measurement
+from course_lib.data.ticket_generator import OPENERS, make_ticket
 from course_lib.dedup import near_duplicate_groups
 from course_lib.device import use_cores
 from course_lib.models import load_default_model

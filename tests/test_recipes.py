@@ -70,3 +70,15 @@ def test_fit_trains_the_injected_adapters_with_the_recipes_config(tiny):
     assert len(history["loss"]) == 3 and seconds > 0
     assert {layer.r for _, layer in lora.lora_layers(model)} == {2}
     assert isinstance(recipe.train, TrainConfig)
+
+
+def test_ship_adapter_writes_a_peft_folder_with_its_record_readable_by_all(tmp_path, tiny):
+    model, _ = tiny
+    recipes.TICKET_LORA.inject(model)
+    record = {"recipe": recipes.TICKET_LORA.record(), "final_loss": 0.25}
+    recipes.ship_adapter(model, tmp_path / "adapter", record)
+    folder = tmp_path / "adapter"
+    assert json.loads((folder / "training.json").read_text()) == record
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert (config["r"], config["base_model_name_or_path"]) == (8, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}

@@ -91,7 +91,7 @@ def reference_prose(max_chars: int | None = None) -> str:
     return prose if max_chars is None else prose[:max_chars]
 
 
-def _shipped(*parts: str) -> Path:
+def shipped_path(*parts: str) -> Path:
     """A path inside this package's folder of shipped data."""
     return Path(str(resources.files(__name__).joinpath(*parts)))
 
@@ -124,7 +124,7 @@ def load_measurement(name: str, announce: bool = True) -> dict:
         raise DataError(f"unknown measurement {name!r}; the shipped ones are {sorted(MEASUREMENTS)}")
     if announce:
         print(f"[shipped measurement, not computed by this run: {name}, made by `python {MEASUREMENTS[name]}`]")
-    return json.loads(_shipped("measurements", name).read_text())
+    return json.loads(shipped_path("measurements", name).read_text())
 
 
 def write_measurement(name: str, record: dict, folder: Path | None = None) -> Path:
@@ -132,7 +132,7 @@ def write_measurement(name: str, record: dict, folder: Path | None = None) -> Pa
     the shipped folder (or ``folder``), where :func:`load_measurement` reads it; returns the path."""
     if name not in MEASUREMENTS:
         raise DataError(f"unknown measurement {name!r}: add it to data.MEASUREMENTS with the command that makes it")
-    path = (folder or _shipped("measurements")) / name
+    path = (folder or shipped_path("measurements")) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     path.chmod(0o644)
@@ -144,7 +144,7 @@ def tickets_path(split: str, first_split: bool = False) -> Path:
     ``first_split``)."""
     if split not in TICKET_SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {TICKET_SPLITS}")
-    return _shipped("tickets", *(["first_split"] if first_split else []), f"{split}.jsonl")
+    return shipped_path("tickets", *(["first_split"] if first_split else []), f"{split}.jsonl")
 
 
 def load_tickets(split: str, first_split: bool = False) -> list[dict]:
@@ -159,7 +159,7 @@ def load_freeform_tickets() -> list[dict]:
     """Sixty support tickets written by hand for the course (12 per label), phrased unlike the templates of the
     data set: colloquial, indirect, no slot values ("so my bank statement has you guys on it twice"). Topic 6
     uses them as production-like inputs the classifier never saw the like of. Same fields as :func:`load_tickets`."""
-    return _read_tickets(_shipped("tickets", "freeform.jsonl"))
+    return _read_tickets(shipped_path("tickets", "freeform.jsonl"))
 
 
 def _read_tickets(path: Path) -> list[dict]:
@@ -176,19 +176,19 @@ def load_preferences(split: str) -> list[dict]:
     rejected reply breaks the style) and the ticket's ``label``."""
     if split not in PREFERENCE_SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {PREFERENCE_SPLITS}")
-    path = _shipped("preferences", f"{split}.jsonl")
+    path = shipped_path("preferences", f"{split}.jsonl")
     return read_jsonl(path, PREFERENCE_FIELDS)
 
 
 def ticket_adapter_path() -> Path:
     """Folder of topic 3's trained ticket adapter, shipped in PEFT format (``scripts/make_ticket_adapter.py``)."""
-    return _shipped("adapters", "tickets-lora-r8")
+    return shipped_path("adapters", "tickets-lora-r8")
 
 
 def reply_adapter_path() -> Path:
     """Folder of topic 6's house-style reply adapter (SFT on the chosen replies of the preference pairs), shipped in
     PEFT format (``scripts/make_reply_adapter.py``)."""
-    return _shipped("adapters", "replies-lora-r8")
+    return shipped_path("adapters", "replies-lora-r8")
 
 
 def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[dict]]:
@@ -196,7 +196,7 @@ def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[di
     ``title``, ``text``) and one record per fact (``fact``, ``document``, ``value``, ``sentence``,
     ``train_questions``, ``test_question``, ``answer``, ``edited_value``), from the shipped folder or ``folder``.
     A fact whose sentence is not in its document raises :class:`DataError`."""
-    folder = Path(folder) if folder else _shipped("policies")
+    folder = Path(folder) if folder else shipped_path("policies")
     documents = read_jsonl(folder / "documents.jsonl", {"id": str, "title": str, "text": str})
     questions = read_jsonl(folder / "questions.jsonl", {"fact": str, "document": str, "value": str, "sentence": str,
                                                          "train_questions": list, "test_question": str, "answer": str})
@@ -211,4 +211,4 @@ def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[di
 def messy_tickets_path() -> Path:
     """Topic 2's raw, deliberately messy ticket export (``scripts/make_messy_tickets.py`` lists the damage);
     ``truth.jsonl`` beside it says, per line, what was done to it."""
-    return _shipped("messy", "raw.jsonl")
+    return shipped_path("messy", "raw.jsonl")
