@@ -49,7 +49,7 @@ notebooks: $(STAMP)
 
 ## bench: LoRA step time, ours vs PEFT, on SmolLM2
 bench: setup
-	$(PY) scripts/bench_lora.py
+	$(PY) scripts/bench/bench_lora.py
 
 ## lock: re-pin constraints.txt from the current environment
 lock: $(STAMP)

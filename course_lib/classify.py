@@ -60,7 +60,7 @@ def score_prompts(model: nn.Module, tokenizer, prompts: Sequence[list[int]], lab
     - **Prefix caching**: the tokens every prompt starts with (the chat template and system prompt, about half
       of a ticket's prompt) run through the model once; their keys and values are reused by every batch, as
       serving engines do (vLLM's automatic prefix caching). A lone prompt is scored in one pass, and so is
-      every prompt with ``prefix_cache=False`` (``scripts/bench_scoring.py`` compares the two).
+      every prompt with ``prefix_cache=False`` (``scripts/bench/bench_scoring.py`` compares the two).
     - The rest of each prompt is left-padded, so the last position is the prompt's end in every row; positions
       continue from the prefix, counted over real tokens only, so padding does not shift them.
     - Batches are cut from the prompts sorted by length, so little compute goes to padding; rows come back in

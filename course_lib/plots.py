@@ -156,7 +156,7 @@ def plot_intervals(rows: dict[str, tuple[float, float, float]], xlabel: str, tit
 
 
 def plot_lora_sweep(sweeps: dict[str, list[dict]], metric: str = "validation_accuracy"):
-    """One panel per swept setting (``scripts/sweep_lora.py``): ``metric`` against the setting's values, each
+    """One panel per swept setting (``scripts/measure/sweep_lora.py``): ``metric`` against the setting's values, each
     point labelled with its training time; where an entry holds several seeds (``runs``), the point is their mean,
     each seed a faint dot and the bar their range. Returns the figure."""
     fig, axes = plt.subplots(1, len(sweeps), figsize=(3.3 * len(sweeps), 3.2), squeeze=False)

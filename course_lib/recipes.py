@@ -4,10 +4,10 @@ notebooks, and the frameworks' configs (PEFT's ``LoraConfig``, transformers' ``T
 recipe from here, so that a number changes in one place.
 
 - :data:`TICKET_LORA`: topic 3's ticket classifier (r 8 on q/v, 60 steps of 8, lr 1e-3), the recipe of
-  ``scripts/make_ticket_adapter.py``, the LoRA sweep's centre, the data-quality and QLoRA measurements;
+  ``scripts/adapters/make_ticket_adapter.py``, the LoRA sweep's centre, the data-quality and QLoRA measurements;
 - :data:`REPLY_LORA`: topic 5's reply SFT on the chosen replies (the same adapters, 100 steps),
-  ``scripts/make_reply_adapter.py``;
-- :data:`KNOWLEDGE_LORA`: topic 1's fine-tune on facts (r 16 on every linear layer), ``scripts/measure_approaches.py``.
+  ``scripts/adapters/make_reply_adapter.py``;
+- :data:`KNOWLEDGE_LORA`: topic 1's fine-tune on facts (r 16 on every linear layer), ``scripts/measure/measure_approaches.py``.
 """
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ def train_sft(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]],
     learning rate, seed, accumulation, schedule, precision). With ``validation`` examples, the validation loss
     (and ``metric()``'s numbers, e.g. accuracy) every ``config.eval_every`` steps picks the best checkpoint,
     restored at the end (``monitor``, ``mode`` and ``patience`` of the config). With an ``accelerate.Accelerator``
-    over N processes, each trains on every N-th example of each micro-batch (``scripts/train_distributed.py``).
+    over N processes, each trains on every N-th example of each micro-batch (``scripts/tools/train_distributed.py``).
 
     Returns the history: per step ``loss``, ``lr``, ``seconds``; per evaluation ``eval_step`` and ``eval_*``.
     """

@@ -44,7 +44,7 @@ def _measured(run: dict) -> str:
 def lora_rank_explorer(shape: TransformerShape, targets: tuple[str, ...] = ("q_proj", "v_proj"),
                        r: int = 8, alpha: float = 16.0, measured: dict[int, dict] | None = None) -> widgets.VBox:
     """Sliders for rank and alpha; the table under them recomputes on every change. ``measured`` maps a rank
-    to an entry of ``scripts/sweep_lora.py`` (``validation_accuracy``, ``train_seconds``, and the seeds' spread
+    to an entry of ``scripts/measure/sweep_lora.py`` (``validation_accuracy``, ``train_seconds``, and the seeds' spread
     ``validation_accuracy_spread`` when present), shown at that rank."""
     rank = widgets.IntSlider(value=r, min=1, max=256, description="rank r", continuous_update=True)
     alpha_slider = widgets.FloatSlider(value=alpha, min=1, max=512, step=1, description="alpha")
@@ -62,7 +62,7 @@ def lora_rank_explorer(shape: TransformerShape, targets: tuple[str, ...] = ("q_p
 def bitwidth_explorer(weight, name: str, measured_ppl: dict[str, float], n_params: int) -> widgets.VBox:
     """Bit width (2-8) and block size sliders over a real weight matrix: the error histogram, SNR and
     memory are recomputed live; the model's perplexity at that setting comes from ``measured_ppl``
-    (keys like "4bit-64" or "4bit-row", from scripts/measure_quant.py)."""
+    (keys like "4bit-64" or "4bit-row", from scripts/measure/measure_quant.py)."""
     bits = widgets.IntSlider(value=4, min=2, max=8, description="bits")
     block = widgets.Dropdown(options=[("32", 32), ("64", 64), ("128", 128), ("256", 256), ("per row", None)],
                              value=64, description="block size")

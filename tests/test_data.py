@@ -49,7 +49,7 @@ def test_the_first_split_holds_the_same_tickets_and_leaks():
                                                      ("make_policies.py", "policies", ("documents", "questions")),
                                                      ("make_messy_tickets.py", "messy", ("raw", "truth"))])
 def test_shipped_files_are_what_the_generator_makes(tmp_path, script, folder, splits):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / script), str(tmp_path)], check=True,
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "data" / script), str(tmp_path)], check=True,
                    capture_output=True, cwd=ROOT)
     for name in splits:
         shipped = ROOT / "course_lib" / "data" / folder / f"{name}.jsonl"
@@ -180,7 +180,7 @@ def test_every_shipped_measurement_names_the_command_that_made_it(capsys):
         assert name in source or (mode and mode[0] in source), (name, command)
     measured = load_measurement("data_quality.json")
     assert measured == json.loads((folder / "data_quality.json").read_text())
-    assert "scripts/measure_data_quality.py" in capsys.readouterr().out
+    assert "scripts/measure/measure_data_quality.py" in capsys.readouterr().out
     with pytest.raises(DataError, match="unknown measurement"):
         load_measurement("data_quality")
 

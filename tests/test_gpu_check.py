@@ -1,11 +1,11 @@
-"""scripts/gpu_check.py, the per-topic GPU check, run as a dry run on the CPU so that it cannot rot unnoticed
+"""scripts/tools/gpu_check.py, the per-topic GPU check, run as a dry run on the CPU so that it cannot rot unnoticed
 on machines without a GPU (every check runs; the CPU is compared with itself)."""
 import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "tools" / "gpu_check.py"
 
 
 def test_every_topic_check_runs_and_passes_on_the_cpu(capsys):

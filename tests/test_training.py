@@ -150,7 +150,7 @@ def test_two_processes_train_the_ticket_adapter_as_one_does(tmp_path):
     from safetensors.torch import load_file
 
     root = Path(__file__).resolve().parents[1]
-    script = str(root / "scripts" / "train_distributed.py")
+    script = str(root / "scripts" / "tools" / "train_distributed.py")
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, script, str(tmp_path / "one"), "--steps", "6"], check=True, env=env,
                    capture_output=True, cwd=root)

@@ -4,7 +4,7 @@ A package: this module's code and the files it reads (``tickets/``, ``preference
 ``adapters/``, ``measurements/``) live in one folder.
 
 The support-ticket data set (``load_tickets``) has five categories and train/validation/test splits with
-no near-duplicates across them; ``scripts/make_tickets.py`` says how it was made. Sixty more tickets
+no near-duplicates across them; ``scripts/data/make_tickets.py`` says how it was made. Sixty more tickets
 (``load_freeform_tickets``) were written by hand, unlike those templates, to test robustness.
 """
 from __future__ import annotations
@@ -99,21 +99,21 @@ def shipped_path(*parts: str) -> Path:
 # Every shipped measurement and the command that writes it: what a notebook prints from one of these files, the
 # learner's run did not compute (it reruns with that command).
 MEASUREMENTS = {
-    "approaches_tickets.json": "scripts/measure_approaches.py tickets",
-    "approaches_first_split.json": "scripts/measure_approaches.py first_split",
-    "approaches_knowledge.json": "scripts/measure_approaches.py knowledge",
-    "data_quality.json": "scripts/measure_data_quality.py",
-    "data_quality_epochs.json": "scripts/measure_data_quality.py --epochs 1 --seeds 0",
-    "lora_sweep.json": "scripts/sweep_lora.py",
-    "overfitting_tickets.json": "scripts/measure_overfitting.py",
-    "lora_peft_vs_ours.json": "scripts/lora_peft_vs_ours.py",
-    "quant_smollm2.json": "scripts/measure_quant.py table",
-    "qlora_tickets.json": "scripts/measure_quant.py finetune",
-    "qlora_targets.json": "scripts/measure_quant.py targets",
-    "dpo_trl_vs_ours.json": "scripts/dpo_trl_vs_ours.py",
-    "dpo_ablation.json": "scripts/measure_dpo_ablation.py",
-    "evaluation.json": "scripts/measure_evaluation.py",
-    "notebook_times.json": "scripts/time_notebooks.py",
+    "approaches_tickets.json": "scripts/measure/measure_approaches.py tickets",
+    "approaches_first_split.json": "scripts/measure/measure_approaches.py first_split",
+    "approaches_knowledge.json": "scripts/measure/measure_approaches.py knowledge",
+    "data_quality.json": "scripts/measure/measure_data_quality.py",
+    "data_quality_epochs.json": "scripts/measure/measure_data_quality.py --epochs 1 --seeds 0",
+    "lora_sweep.json": "scripts/measure/sweep_lora.py",
+    "overfitting_tickets.json": "scripts/measure/measure_overfitting.py",
+    "lora_peft_vs_ours.json": "scripts/measure/lora_peft_vs_ours.py",
+    "quant_smollm2.json": "scripts/measure/measure_quant.py table",
+    "qlora_tickets.json": "scripts/measure/measure_quant.py finetune",
+    "qlora_targets.json": "scripts/measure/measure_quant.py targets",
+    "dpo_trl_vs_ours.json": "scripts/measure/dpo_trl_vs_ours.py",
+    "dpo_ablation.json": "scripts/measure/measure_dpo_ablation.py",
+    "evaluation.json": "scripts/measure/measure_evaluation.py",
+    "notebook_times.json": "scripts/measure/time_notebooks.py",
 }
 
 
@@ -171,7 +171,7 @@ def _read_tickets(path: Path) -> list[dict]:
 
 
 def load_preferences(split: str) -> list[dict]:
-    """Preference pairs of the support house style (``scripts/make_preferences.py`` says how they were made):
+    """Preference pairs of the support house style (``scripts/data/make_preferences.py`` says how they were made):
     dicts with ``id``, ``prompt`` (a ticket), ``chosen`` and ``rejected`` replies, ``rejected_kind`` (how the
     rejected reply breaks the style) and the ticket's ``label``."""
     if split not in PREFERENCE_SPLITS:
@@ -181,18 +181,18 @@ def load_preferences(split: str) -> list[dict]:
 
 
 def ticket_adapter_path() -> Path:
-    """Folder of topic 3's trained ticket adapter, shipped in PEFT format (``scripts/make_ticket_adapter.py``)."""
+    """Folder of topic 3's trained ticket adapter, shipped in PEFT format (``scripts/adapters/make_ticket_adapter.py``)."""
     return shipped_path("adapters", "tickets-lora-r8")
 
 
 def reply_adapter_path() -> Path:
     """Folder of topic 6's house-style reply adapter (SFT on the chosen replies of the preference pairs), shipped in
-    PEFT format (``scripts/make_reply_adapter.py``)."""
+    PEFT format (``scripts/adapters/make_reply_adapter.py``)."""
     return shipped_path("adapters", "replies-lora-r8")
 
 
 def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[dict]]:
-    """Topic 1's knowledge task (``scripts/make_policies.py``): the fictional shop's policy documents (``id``,
+    """Topic 1's knowledge task (``scripts/data/make_policies.py``): the fictional shop's policy documents (``id``,
     ``title``, ``text``) and one record per fact (``fact``, ``document``, ``value``, ``sentence``,
     ``train_questions``, ``test_question``, ``answer``, ``edited_value``), from the shipped folder or ``folder``.
     A fact whose sentence is not in its document raises :class:`DataError`."""
@@ -209,6 +209,6 @@ def load_policies(folder: str | Path | None = None) -> tuple[list[dict], list[di
 
 
 def messy_tickets_path() -> Path:
-    """Topic 2's raw, deliberately messy ticket export (``scripts/make_messy_tickets.py`` lists the damage);
+    """Topic 2's raw, deliberately messy ticket export (``scripts/data/make_messy_tickets.py`` lists the damage);
     ``truth.jsonl`` beside it says, per line, what was done to it."""
     return shipped_path("messy", "raw.jsonl")

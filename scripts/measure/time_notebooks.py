@@ -1,10 +1,10 @@
 """Where each solution notebook's time goes: runs the notebooks one after another in a fresh kernel each
 (nbclient, all cells, like "Run all" in JupyterLab) and records the seconds of every code cell.
 
-    python scripts/time_notebooks.py                 # every notebook in solutions/
-    python scripts/time_notebooks.py 03 05           # the notebooks whose names start with these
-    python scripts/time_notebooks.py --top 5         # also print each notebook's 5 slowest cells
-    python scripts/time_notebooks.py --keep out/     # also keep the executed notebooks (outputs) in out/
+    python scripts/measure/time_notebooks.py                 # every notebook in solutions/
+    python scripts/measure/time_notebooks.py 03 05           # the notebooks whose names start with these
+    python scripts/measure/time_notebooks.py --top 5         # also print each notebook's 5 slowest cells
+    python scripts/measure/time_notebooks.py --keep out/     # also keep the executed notebooks (outputs) in out/
 
 Writes course_lib/data/measurements/notebook_times.json (merged with the notebooks already recorded there).
 Run it on an idle machine: the numbers are wall-clock seconds.
@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 
 from course_lib.data import load_measurement, write_measurement
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cell_seconds(cell) -> float:

@@ -14,7 +14,7 @@ how the chosen and rejected replies' log-likelihoods moved; and a fluency check,
 generated replies under the base model (low: the base model finds them ordinary text). Each measure is kept
 per seed, with its mean and spread over the seeds.
 
-    python scripts/measure_dpo_ablation.py [--seeds 0 1 2]    -> course_lib/data/measurements/dpo_ablation.json
+    python scripts/measure/measure_dpo_ablation.py [--seeds 0 1 2]    -> course_lib/data/measurements/dpo_ablation.json
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ and forward latency of our QuantLinear (NF4) vs bitsandbytes' Linear4bit vs a pl
 Weights: SmolLM2's 576x1536 MLP projections (real weights, 3.5 MB each in fp32). Each pair is timed
 alternately, round after round, and the medians are compared.
 
-    python scripts/bench_quant.py [--rounds 7]
+    python scripts/bench/bench_quant.py [--rounds 7]
 """
 from __future__ import annotations
 

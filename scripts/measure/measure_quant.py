@@ -12,7 +12,7 @@
   q/v or on every linear layer, the same recipe otherwise, seeds 0, 1, 2 (the adapters' initial weights and
   the batch order): test accuracy per run, mean and spread, and McNemar's test per seed for each pair.
 
-    python scripts/measure_quant.py [table|finetune|targets|all]   -> course_lib/data/measurements/*.json
+    python scripts/measure/measure_quant.py [table|finetune|targets|all]   -> course_lib/data/measurements/*.json
 """
 from __future__ import annotations
 

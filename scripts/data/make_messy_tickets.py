@@ -1,6 +1,6 @@
 """Build topic 2's deliberately messy raw data set (course_lib/data/messy/raw.jsonl), deterministically.
 
-Clearly synthetic: fresh tickets from the same templates as the course's ticket set (scripts/make_tickets.py),
+Clearly synthetic: fresh tickets from the same templates as the course's ticket set (scripts/data/make_tickets.py),
 none a near duplicate of a validation or test ticket (same key as there), exported the way real data arrives.
 The damage, at these rates (each drawn independently per record, seeded):
 
@@ -16,7 +16,7 @@ The damage, at these rates (each drawn independently per record, seeded):
 ``truth.jsonl`` (same folder) records, per line of raw.jsonl, what was done to it: the answer key a cleaning
 pipeline is measured against.
 
-    python scripts/make_messy_tickets.py [FOLDER]
+    python scripts/data/make_messy_tickets.py [FOLDER]
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@
   model finds most likely); then the return window is edited in the documents (37 -> 21 days) and the same
   questions are asked again.
 
-    python scripts/measure_approaches.py [tickets|first_split|knowledge|all]   -> course_lib/data/measurements/*.json
+    python scripts/measure/measure_approaches.py [tickets|first_split|knowledge|all]   -> course_lib/data/measurements/*.json
 """
 from __future__ import annotations
 

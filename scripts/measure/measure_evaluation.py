@@ -5,13 +5,13 @@
 2. Robustness: the fine-tuned classifier on the same test tickets with typos, in upper case, and lower case
    without punctuation, and on 60 hand-written free-form tickets (paired with the clean run by McNemar).
 3. Generation: house-style replies to the 100 test tickets of the preference data, greedy, by the base model
-   and by the reply adapter (``scripts/make_reply_adapter.py``), ROUGE-L F1 against the chosen reply, with
+   and by the reply adapter (``scripts/adapters/make_reply_adapter.py``), ROUGE-L F1 against the chosen reply, with
    95% bootstrap intervals and a paired bootstrap test; also a task metric: is the reply one of the training
    replies written for the ticket's category (the right answer), not only in the house style? The replies
    themselves ship, so the notebook's statistics and its blind human-evaluation panel use exactly these.
 4. Forgetting: perplexity on general English prose (``data.reference_prose``) with no adapter and with each.
 
-    python scripts/measure_evaluation.py      -> course_lib/data/measurements/evaluation.json
+    python scripts/measure/measure_evaluation.py      -> course_lib/data/measurements/evaluation.json
 """
 from __future__ import annotations
 

@@ -4,10 +4,10 @@ Each process takes its share of every batch; after the backward pass the gradien
 processes (what DistributedDataParallel does), so N processes on batch B compute the same update as one process
 on batch B. Hugging Face ``accelerate`` sets up the processes and the averaging (gloo on CPUs, NCCL on GPUs).
 
-    python scripts/train_distributed.py OUT                             # one process
-    torchrun --nproc_per_node 2 scripts/train_distributed.py OUT        # two CPU processes (gloo)
-    accelerate launch --multi_gpu --num_processes 4 scripts/train_distributed.py OUT   # four GPUs (NCCL)
-    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_endpoint HOST:29500 scripts/train_distributed.py OUT
+    python scripts/tools/train_distributed.py OUT                             # one process
+    torchrun --nproc_per_node 2 scripts/tools/train_distributed.py OUT        # two CPU processes (gloo)
+    accelerate launch --multi_gpu --num_processes 4 scripts/tools/train_distributed.py OUT   # four GPUs (NCCL)
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_endpoint HOST:29500 scripts/tools/train_distributed.py OUT
                                                                         # two machines of eight GPUs
 
 OUT gets the adapter in PEFT's format and ``history.json`` (the per-step losses and the process count).

@@ -4,10 +4,10 @@ The generation task of topic 6: answer a support ticket in Acme's house style. S
 embedded SmolLM2-135M-Instruct on the 400 training tickets of the preference data with their *chosen* replies (no
 DPO, no rejected replies), ``course_lib.recipes.REPLY_LORA``: LoRA r=8, alpha 16 on q_proj and v_proj, AdamW lr
 1e-3, batch 8, 100 steps (2 epochs), seed 0, loss on the assistant's tokens only. Topic 6 loads it
-(``course_lib.data.reply_adapter_path()``); ``scripts/measure_evaluation.py`` measures it against the base model.
+(``course_lib.data.reply_adapter_path()``); ``scripts/measure/measure_evaluation.py`` measures it against the base model.
 The recipe and loss go to ``training.json``.
 
-    python scripts/make_reply_adapter.py       -> course_lib/data/adapters/replies-lora-r8/
+    python scripts/adapters/make_reply_adapter.py       -> course_lib/data/adapters/replies-lora-r8/
 """
 from __future__ import annotations
 

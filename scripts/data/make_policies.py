@@ -6,7 +6,7 @@ two training questions (what a fine-tune is trained on, with a one-sentence answ
 question (worded differently, as a customer would ask). ``edit`` marks the fact that topic 1 changes to show
 that RAG follows an edited document at once while a fine-tune keeps the old answer.
 
-    python scripts/make_policies.py [FOLDER]    -> course_lib/data/policies/{documents,questions}.jsonl
+    python scripts/data/make_policies.py [FOLDER]    -> course_lib/data/policies/{documents,questions}.jsonl
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ ways, alternately (the order flips every round, so drifts in machine load hit bo
 hardware has it, in bf16 mixed precision. Reports the tokens per step, the median seconds per step of each layout,
 the speed-up, and the largest differences between the two layouts' log-probs and gradients (fp32).
 
-    python scripts/bench_prefix_sharing.py [--rounds 2] [--steps 16]
+    python scripts/bench/bench_prefix_sharing.py [--rounds 2] [--steps 16]
 """
 from __future__ import annotations
 

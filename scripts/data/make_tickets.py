@@ -13,7 +13,7 @@ study. The shipped split is group-aware (``course_lib.splits.group_split``): nea
 every cluster goes to one split, stratified by label, so ``course_lib.splits.leaks`` finds no validation or test
 ticket with a training near duplicate. Both splits hold the same 1,500 tickets.
 
-    python scripts/make_tickets.py [FOLDER]   # rewrites FOLDER's three files and FOLDER/first_split's; same seed, same files
+    python scripts/data/make_tickets.py [FOLDER]   # rewrites FOLDER's three files and FOLDER/first_split's; same seed, same files
 """
 from __future__ import annotations
 

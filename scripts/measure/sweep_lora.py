@@ -11,11 +11,11 @@ notebook's recipe (r=8, alpha 16, q_proj+v_proj, lr 1e-3):
 - alpha 8, 16, 32 at r = 8 (scaling 1, 2, 4).
 
 Which layers get adapters (q/v vs every linear layer) is measured on the test split, on the FP32 and the NF4 base,
-by ``scripts/measure_quant.py targets``. Each entry of a sweep holds the setting, its per-seed runs, the mean
+by ``scripts/measure/measure_quant.py targets``. Each entry of a sweep holds the setting, its per-seed runs, the mean
 ``validation_accuracy`` and ``train_seconds`` over the seeds, their spread (``metrics.seed_summary``) and, for
 every setting but the recipe, the paired comparison with the recipe (``metrics.paired_over_seeds``).
 
-    python scripts/sweep_lora.py [--seeds 0 1 2]  -> course_lib/data/measurements/lora_sweep.json
+    python scripts/measure/sweep_lora.py [--seeds 0 1 2]  -> course_lib/data/measurements/lora_sweep.json
     (ten runs per seed, about 25 minutes per seed on a 2-core CPU without bf16)
 """
 from __future__ import annotations

@@ -25,8 +25,8 @@ With ``--epochs E`` every set (but the leaky one) trains for E epochs instead: c
 CPU without bf16). That separates quantity from the step budget: does ten times the data win when the model may
 also see all of it?
 
-    python scripts/measure_data_quality.py [--seeds 0 1 2]  -> course_lib/data/measurements/data_quality.json
-    python scripts/measure_data_quality.py --epochs 1 --seeds 0
+    python scripts/measure/measure_data_quality.py [--seeds 0 1 2]  -> course_lib/data/measurements/data_quality.json
+    python scripts/measure/measure_data_quality.py --epochs 1 --seeds 0
                                                       -> course_lib/data/measurements/data_quality_epochs.json
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ style in one of four ways, recorded in ``rejected_kind``: ``plain`` (no greeting
 (a generic chatbot preamble and padding, over 60 words), ``credentials`` (asks for the password or card
 number) or ``curt`` (blames the customer, no greeting). Nothing comes from real customers or a model.
 
-    python scripts/make_preferences.py [FOLDER]   # rewrites the two files; same seed, same files
+    python scripts/data/make_preferences.py [FOLDER]   # rewrites the two files; same seed, same files
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ on fresh LoRA adapters (r=8, every linear layer, the same initialisation), the h
 training and greedy replies to the 16 held-out tickets. Reports the median seconds of each part, the speed-up,
 and what the precision changes in the results (losses, held-out accuracy and margin, house style).
 
-    python scripts/bench_precision.py [--rounds 2]
+    python scripts/bench/bench_precision.py [--rounds 2]
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 course never requires a GPU): the heavy path of every topic, on the tiny SmolLM2-shaped model (and the
 embedded MiniLM), so it needs no download and runs in about a minute.
 
-    python scripts/gpu_check.py                  # on the GPU
-    python scripts/gpu_check.py --device cpu     # a dry run on the CPU (what tests/test_gpu_check.py runs)
+    python scripts/tools/gpu_check.py                  # on the GPU
+    python scripts/tools/gpu_check.py --device cpu     # a dry run on the CPU (what tests/test_gpu_check.py runs)
 
 Prints one line per check (OK / FAIL) and exits 1 if any failed.
 """

@@ -1,10 +1,10 @@
 """Grading throughput: seconds per submission and submissions per minute, --jobs 1 vs --jobs 2, and the grader's
 overhead per notebook.
 
-    python scripts/bench_grading.py                       # 20 correct submissions of the fixture assignment
-    python scripts/bench_grading.py --notebook all --count 4
+    python scripts/bench/bench_grading.py                       # 20 correct submissions of the fixture assignment
+    python scripts/bench/bench_grading.py --notebook all --count 4
                                                           # 4 correct submissions of every course notebook
-    python scripts/bench_grading.py --notebook 03_lora_basics --count 1 --jobs 1 --overhead --run-all-cells
+    python scripts/bench/bench_grading.py --notebook 03_lora_basics --count 1 --jobs 1 --overhead --run-all-cells
                                                           # one course notebook, every cell: plain execution vs grading
 
 The batch is graded sandboxed, through the same function as `python -m grader grade` (which first grades the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from grader.batch import grade  # noqa: E402

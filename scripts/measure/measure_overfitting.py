@@ -3,7 +3,7 @@ r=8, alpha 16 on q_proj and v_proj of the embedded SmolLM2-135M-Instruct, batch 
 epochs of the 1,050 training tickets) instead of 60, with the validation loss and accuracy on 90 validation
 tickets every 25 steps and no early stopping, so the whole curve is seen; the best checkpoint is reported.
 
-    python scripts/measure_overfitting.py      -> course_lib/data/measurements/overfitting_tickets.json
+    python scripts/measure/measure_overfitting.py      -> course_lib/data/measurements/overfitting_tickets.json
 """
 from __future__ import annotations
 

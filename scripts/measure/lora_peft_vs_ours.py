@@ -7,7 +7,7 @@ initialisation and the Trainer shuffles the tickets its own way, so the two runs
 recipe, not one run twice (the notebook shows that with the same start and batches the steps are identical).
 Measured: test accuracy (225 tickets), final training loss (mean of the last 10 steps), seconds per step.
 
-    python scripts/lora_peft_vs_ours.py      -> course_lib/data/measurements/lora_peft_vs_ours.json (~8 min here)
+    python scripts/measure/lora_peft_vs_ours.py      -> course_lib/data/measurements/lora_peft_vs_ours.json (~8 min here)
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Same model weights, same adapters (r=16, alpha=32, q_proj + v_proj), same batch 
 padded to 128 tokens, batch size 8. The two are timed alternately, round after round, so drifts in machine
 load hit both alike; the median of each is reported with the ratio ours / PEFT.
 
-    python scripts/bench_lora.py [--rounds 6] [--batch 8] [--seq 128]
+    python scripts/bench/bench_lora.py [--rounds 6] [--batch 8] [--seq 128]
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ ways, alternately, round after round, so drifts in machine load hit both alike. 
 each, the speed-up, the prompts' shared prefix, the largest logit difference and whether every prediction is
 the same.
 
-    python scripts/bench_scoring.py [--rounds 4]
+    python scripts/bench/bench_scoring.py [--rounds 4]
 """
 from __future__ import annotations
 

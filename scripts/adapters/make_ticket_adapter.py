@@ -6,7 +6,7 @@ answer tokens only.
 Topics 1 and 6 load it (``course_lib.data.ticket_adapter_path()``) instead of training again; the test accuracy
 measured here is written next to it (``training.json``) and checked by tests/test_data.py.
 
-    python scripts/make_ticket_adapter.py       -> course_lib/data/adapters/tickets-lora-r8/
+    python scripts/adapters/make_ticket_adapter.py       -> course_lib/data/adapters/tickets-lora-r8/
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ held-out pairs and tickets: implicit-reward accuracy and margin (32 pairs), and 
 greedy replies (16 tickets, 60 new tokens). Writes course_lib/data/measurements/dpo_trl_vs_ours.json, which
 the Topic 5 notebook plots next to its own live run.
 
-    python scripts/dpo_trl_vs_ours.py            # ~5 minutes on 2 CPU cores
+    python scripts/measure/dpo_trl_vs_ours.py            # ~5 minutes on 2 CPU cores
 """
 from __future__ import annotations
 
