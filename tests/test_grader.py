@@ -360,3 +360,27 @@ def test_nbgrader_and_the_sandbox_agree_on_the_cell_timeout(tmp_path):
     from grader.gradebook import load_config
     from grader.sandbox import Limits
     assert load_config(tmp_path).Execute.timeout == Limits().cell_timeout_s
+
+
+@pytest.mark.slow
+def test_topic_2_answers_that_reach_its_removed_modules_earn_nothing(tmp_path):
+    # Topic 2 removes whole course_lib modules (dedup, splits, ...) from the grading kernel. An answer that reaches one
+    # by a name no static check can read still earns nothing: the module is not there when its call runs.
+    name = "02_data_preparation"
+    answers = {
+        "shingle_jaccard": ("import importlib\n"
+                            "def shingle_jaccard(a, b, n=3):\n"
+                            "    d = importlib.import_module('course_lib.' + 'de' + 'dup')\n"
+                            "    return d.jaccard(d.shingles(a, n), d.shingles(b, n))"),
+        "leaked_items": ("def leaked_items(train_texts, test_texts, threshold=0.7, n=3):\n"
+                         "    s = getattr(__builtins__, '__im' + 'port__')('course_lib.spl' + 'its', fromlist=['x'])\n"
+                         "    return sorted({i for i, _, _ in getattr(s, 'le' + 'aks')(train_texts, test_texts, threshold, n)})"),
+    }
+    submission = with_answers(filled_submission(name), answers)
+    (tmp_path / "submissions" / "dana").mkdir(parents=True)
+    nbformat.write(submission, tmp_path / "submissions" / "dana" / f"{name}.ipynb")
+    [result] = grade(tmp_path / "submissions", tmp_path / "out", course=tmp_path / "course", progress=False)
+    verdicts = {e.name: e for e in result.exercises}
+    for exercise in answers:
+        assert verdicts[exercise].points == 0 and "reference implementation" in verdicts[exercise].message, exercise
+    assert all(e.points == e.max_points for e in result.exercises if e.name not in answers)

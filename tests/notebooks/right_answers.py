@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from course_lib.batching import IGNORE_INDEX
 from course_lib.quant import NF4_LEVELS
 
+
 def _macro_numpy(matrix):
     import numpy as np
     m = np.asarray(torch.as_tensor(matrix).double().numpy())
@@ -181,7 +182,139 @@ def _dpo_step_cross_entropy(policy, reference, batch, n_pairs, beta):
     return F.softplus(-beta * margin).mean(), (beta * ratios[:n_pairs]).detach(), (beta * ratios[n_pairs:]).detach()
 
 
+def _chat_state_machine(record):
+    """A state machine over the turns; malformed records fail inside try and answer False."""
+    try:
+        messages = record["messages"]
+        if type(messages) is not list or not messages:
+            return False
+        state = "start"
+        for m in messages:
+            if sorted(m.keys()) != ["content", "role"] or not isinstance(m["content"], str) or m["content"].isspace() \
+                    or m["content"] == "":
+                return False
+            moves = {("start", "system"): "system", ("start", "user"): "user", ("system", "user"): "user",
+                     ("user", "assistant"): "assistant", ("assistant", "user"): "user"}
+            state = moves[state, m["role"]]
+        return state == "assistant"
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+def _chat_regex(record):
+    """A regular expression over the roles joined into one string."""
+    import re
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list) or len(record["messages"]) == 0:
+        return False
+    for m in record["messages"]:
+        if not isinstance(m, dict) or m.keys() != {"role", "content"}:
+            return False
+        if not isinstance(m["content"], str) or not re.search(r"\S", m["content"]) or not isinstance(m["role"], str):
+            return False
+    roles = ",".join(m["role"] for m in record["messages"])
+    return re.fullmatch(r"(system,)?user,assistant(,user,assistant)*", roles) is not None
+
+
+def _chat_expected_sequence(record):
+    """Build the role sequence a valid chat of this length must have, and compare."""
+    if not isinstance(record, dict):
+        return False
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return False
+    if any(set(m) != {"role", "content"} or not isinstance(m["content"], str) or len(m["content"].strip()) == 0
+           for m in messages):
+        return False
+    roles = [m["role"] for m in messages]
+    start = 1 if roles[0] == "system" else 0
+    turns = len(roles) - start
+    expected = ["system"] * start + ["user", "assistant"] * (turns // 2)
+    return turns > 0 and turns % 2 == 0 and roles == expected
+
+
+def _top_k_numpy(query, corpus, k):
+    """np.argsort over numpy cosines: returns a numpy array of int64 indices."""
+    import numpy as np
+    q = np.asarray(query, dtype=np.float64)
+    c = np.asarray(corpus, dtype=np.float64)
+    sims = c @ q / (np.linalg.norm(c, axis=1) * np.linalg.norm(q))
+    return np.argsort(-sims, kind="stable")[:k]
+
+
+def _top_k_list(query, corpus, k):
+    """Sorted Python list of indices from F.cosine_similarity."""
+    sims = F.cosine_similarity(corpus, query.unsqueeze(0), dim=1).tolist()
+    return sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
+
+
+def _few_shot_comprehension(system, examples, query):
+    turns = [{"role": role, "content": text} for example in examples
+             for role, text in zip(("user", "assistant"), example)]
+    return [{"role": "system", "content": system}, *turns, {"role": "user", "content": query}]
+
+
+def _redact_one_pass(text):
+    """One alternation, e-mails first, and a function choosing the replacement."""
+    import re
+    pattern = re.compile(r"(?P<email>[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[a-z]{2,})|(?P<card>(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-]))",
+                         re.IGNORECASE)
+    return pattern.sub(lambda m: "[EMAIL]" if m.group("email") else "[CARD]", text)
+
+
+def _jaccard_counter(a, b, n=3):
+    """Shingles from zip over shifted word lists."""
+
+    def shingles(text):
+        words = "".join(ch if ch.isalnum() or ch == "_" or ch.isspace() else " " for ch in text.lower()).split()
+        if 0 < len(words) < n:
+            return {" ".join(words)}
+        return {" ".join(g) for g in zip(*(words[i:] for i in range(n)))}
+    sa, sb = shingles(a), shingles(b)
+    union = sa | sb
+    return len(sa & sb) / len(union) if union else 1.0
+
+
+def _split_numpy(labels, test_fraction, seed):
+    """Groups by label with a dict of lists, random.Random(seed).sample per label in sorted label order."""
+    import random
+    rng = random.Random(seed)
+    groups = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    test = set()
+    for label in sorted(groups):
+        test.update(rng.sample(groups[label], round(test_fraction * len(groups[label]))))
+    return [i for i in range(len(labels)) if i not in test], sorted(test)
+
+
+def _leaked_any(train_texts, test_texts, threshold=0.7, n=3):
+    """Shingle sets precomputed once, any() over training texts."""
+    train = [_jaccard_sets(t, n) for t in train_texts]
+    out = []
+    for i, text in enumerate(test_texts):
+        s = _jaccard_sets(text, n)
+        if any((len(s & t) / len(s | t) if s | t else 1.0) >= threshold for t in train):
+            out.append(i)
+    return out
+
+
+def _jaccard_sets(text, n):
+    import re
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))} if words else set()
+
+
 RIGHT = {
+    ("01_when_to_finetune", "top_k_cosine"): {"numpy argsort, a numpy array": _top_k_numpy,
+                                              "a sorted Python list": _top_k_list},
+    ("01_when_to_finetune", "few_shot_prompt"): {"one comprehension, zip over the roles": _few_shot_comprehension},
+    ("02_data_preparation", "is_valid_chat"): {"a state machine with try/except": _chat_state_machine,
+                                               "a regular expression over the roles": _chat_regex,
+                                               "the expected role sequence, compared": _chat_expected_sequence},
+    ("02_data_preparation", "redact_pii"): {"one alternation, case-insensitive, e-mails first": _redact_one_pass},
+    ("02_data_preparation", "shingle_jaccard"): {"isalnum normalisation, zip shingles": _jaccard_counter},
+    ("02_data_preparation", "stratified_split_indices"): {"rng.sample per label": _split_numpy},
+    ("02_data_preparation", "leaked_items"): {"findall words, precomputed sets": _leaked_any},
     ("03_lora_basics", "lora_layer"): {"F.linear and einsum, a recursive walk": _lora_layer_einsum()},
     ("04_quantization", "qlora_layer"): {"bucketize, a loop over blocks, F.linear": _qlora_layer_bucketize()},
     ("05_sft_rlhf_dpo", "dpo_step"): {"cross-entropy, detached reference, softplus": _dpo_step_cross_entropy},

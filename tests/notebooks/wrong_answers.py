@@ -234,6 +234,14 @@ def _few_shot(kind):
         if kind == "one user message":
             shots = "\n".join(f"{t} -> {a}" for t, a in examples)
             return [{"role": "system", "content": system}, {"role": "user", "content": shots + "\n" + query}]
+        if kind == "empty system dropped" and not system:
+            return _few_shot("no system")(system, examples, query)
+        if kind == "capped at 8 examples":
+            examples = examples[:8]
+        if kind == "a dict keyed by text":
+            examples = list(dict(examples).items())
+        if kind == "contents stripped":
+            system, query, examples = system.strip(), query.strip(), [(t.strip(), a.strip()) for t, a in examples]
         turns = []
         for t, a in examples:
             turns += ([{"role": "assistant", "content": t}, {"role": "user", "content": a}] if kind == "roles swapped"
@@ -294,27 +302,36 @@ def _valid_chat(first_last_only=False, system_anywhere=False, allow_empty=False,
     return is_valid_chat
 
 
-def _redact(email=r"[\w.]+@\w+\.\w+", card=r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"):
+EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+CARD = r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"
+
+
+def _redact(email=r"[\w.]+@\w+\.\w+", card=CARD, cards_first=False):
     import re
 
     def redact_pii(text):
+        if cards_first:
+            return re.sub(email, "[EMAIL]", re.sub(card, "[CARD]", text))
         return re.sub(card, "[CARD]", re.sub(email, "[EMAIL]", text))
     return redact_pii
 
 
-def _shingle_set(text, n, multiset=False, normalise=True):
+def _shingle_set(text, n, multiset=False, normalise=True, ascii_only=False, word_set=False):
     import re
-    words = (re.sub(r"[^\w\s]", " ", text.lower()) if normalise else text).split()
+    pattern = r"[^a-z0-9_\s]" if ascii_only else r"[^\w\s]"
+    words = (re.sub(pattern, " ", text.lower()) if normalise else text).split()
+    if word_set:
+        return set(words)
     grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)] if len(words) > n else \
         ([" ".join(words)] if words else [])
     return grams if multiset else set(grams)
 
 
-def _jaccard(multiset=False, normalise=True, empty=1.0):
+def _jaccard(multiset=False, normalise=True, empty=1.0, ascii_only=False, word_set=False):
     from collections import Counter
 
     def shingle_jaccard(a, b, n=3):
-        sa, sb = _shingle_set(a, n, multiset, normalise), _shingle_set(b, n, multiset, normalise)
+        sa, sb = (_shingle_set(t, n, multiset, normalise, ascii_only, word_set) for t in (a, b))
         if multiset:
             ca, cb = Counter(sa), Counter(sb)
             union = sum((ca | cb).values())
@@ -341,14 +358,21 @@ def _split(stratified=True, random_pick=True, rounding=round):
     return stratified_split_indices
 
 
-def _leaks(exact=False, strict=False, same_position=False):
-    def leaked_items(train_texts, test_texts, threshold=0.7, n=3):
+def _leaks(exact=False, strict=False, same_position=False, default_threshold=0.7, per_match=False,
+           ascii_only=False, word_set=False, within_test=False):
+    def leaked_items(train_texts, test_texts, threshold=default_threshold, n=3):
         def sim(a, b):
-            sa, sb = _shingle_set(a, n), _shingle_set(b, n)
+            sa, sb = _shingle_set(a, n, ascii_only=ascii_only, word_set=word_set), \
+                _shingle_set(b, n, ascii_only=ascii_only, word_set=word_set)
             return 1.0 if not sa | sb else len(sa & sb) / len(sa | sb)
         out = []
         for i, t in enumerate(test_texts):
             pool = train_texts[i:i + 1] if same_position else train_texts
+            if within_test:
+                pool = list(pool) + list(test_texts[:i])
+            if per_match:
+                out += [i for s in pool if sim(t, s) >= threshold]
+                continue
             if exact:
                 hit = t in pool
             else:
@@ -511,23 +535,38 @@ WRONG = {
         "e-mail regex without plus signs or subdomains": _redact(),
         "cards only as four groups of four": _redact(email=r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
                                                       card=r"\b\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{4}\b"),
-        "every long number redacted": _redact(email=r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-                                             card=r"\d(?:[ -]?\d){9,}"),
+        "every long number redacted": _redact(email=EMAIL, card=r"\d(?:[ -]?\d){9,}"),
+        "e-mail pattern that takes the brackets around it": _redact(email=r"\S+@\S+\.\w+\S*"),
+        "e-mail pattern in lower case only": _redact(email=r"[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}"),
+        "card digits taken out of a longer number": _redact(email=EMAIL, card=r"\d(?:[ -]?\d){12,18}"),
+        "any run of spaces or dashes between digits": _redact(email=EMAIL, card=r"(?<![\d-])\d(?:[ -]*\d){12,18}(?![\d-])"),
+        "cards replaced before e-mails": _redact(email=EMAIL, cards_first=True),
     },
     ("02_data_preparation", "shingle_jaccard"): {
         "multisets instead of sets": _jaccard(multiset=True),
         "no normalisation": _jaccard(normalise=False),
         "empty texts similarity 0": _jaccard(empty=0.0),
+        "ASCII-only normalisation": _jaccard(ascii_only=True),
+        "sets of words, n ignored": _jaccard(word_set=True),
     },
     ("02_data_preparation", "stratified_split_indices"): {
         "not stratified (one random split)": _split(stratified=False),
         "first items of each label, not random": _split(random_pick=False),
         "rounding up always": _split(rounding=lambda x: int(x) + 1 if x else 0),
+        "halves rounded up (int(x + 0.5))": _split(rounding=lambda x: int(x + 0.5)),
+        "truncated (int())": _split(rounding=int),
+        "math.ceil": _split(rounding=lambda x: math.ceil(x)),
     },
     ("02_data_preparation", "leaked_items"): {
         "exact string comparison": _leaks(exact=True),
         "threshold exclusive": _leaks(strict=True),
         "compared with the same position only": _leaks(same_position=True),
+        "default threshold 0.8": _leaks(default_threshold=0.8),
+        "default threshold 0.5": _leaks(default_threshold=0.5),
+        "an index for every matching training text": _leaks(per_match=True),
+        "ASCII-only normalisation": _leaks(ascii_only=True),
+        "sets of words instead of shingles": _leaks(word_set=True),
+        "near copies within the test set counted": _leaks(within_test=True),
     },
     ("06_evaluation", "macro_f1"): {
         "micro-F1 (accuracy)": _macro("micro"),
@@ -590,6 +629,8 @@ WRONG = {
         "saving reversed": {"break_even_requests": lambda f, a, b: math.inf if a <= b else f / (b - a)},
         "zero when costs are equal": {"break_even_requests": lambda f, a, b: math.inf if a < b else
                                       (0.0 if a == b else f / (a - b))},
+        "savings under a tolerance count as none": {"break_even_requests": lambda f, a, b: math.inf if a - b < 1e-6
+                                                    else f / (a - b)},
     },
     ("01_when_to_finetune", "few_shot_prompt"): {
         "examples in one user message": _few_shot("one user message"),
@@ -597,6 +638,10 @@ WRONG = {
         "query before the examples": _few_shot("query first"),
         "roles swapped": _few_shot("roles swapped"),
         "role named 'bot'": _few_shot("bot"),
+        "empty system message dropped": _few_shot("empty system dropped"),
+        "examples capped at 8": _few_shot("capped at 8 examples"),
+        "examples in a dict keyed by text": _few_shot("a dict keyed by text"),
+        "contents stripped": _few_shot("contents stripped"),
     },
     ("01_when_to_finetune", "top_k_cosine"): {
         "dot product (no normalisation)": _top_k("dot product"),
