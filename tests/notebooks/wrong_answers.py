@@ -108,14 +108,15 @@ def _qlora_layer(divide=True, use_max=False, per_row=False, columns=False, searc
     return {"MyQLoRALinear": Wrong}
 
 
-def _inject(every_linear=False, freeze=True, fixed_targets=False, returns=True):
+def _inject(every_linear=False, freeze=True, fixed_targets=False, returns=True, last_component=False):
     """An inject_my_lora with one mistake; it wraps with the reference MyLoRALinear of the namespace."""
     def inject_my_lora(model, r, alpha, targets=("q_proj", "v_proj")):
         if freeze:
             model.requires_grad_(False)
         wanted = ("q_proj", "v_proj") if fixed_targets else tuple(targets)
         names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-                 and (every_linear and n != "lm_head" or n.endswith(wanted))]
+                 and (every_linear and n != "lm_head" or (n.split(".")[-1] in wanted if last_component
+                                                           else n.endswith(wanted)))]
         for name in names:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
@@ -128,11 +129,12 @@ REFERENCE_LAYER = []  # filled by _run_tests: the solution's MyLoRALinear
 
 
 def _dpo_step(frozen=True, shift=True, reply_only=True, average=False, swapped=False, same_model=False,
-              beta_outside=False, detach=True, log_softmax=True):
+              beta_outside=False, detach=True, log_softmax=True, pass_mask=True):
     """A dpo_step with one mistake (topic 5's exercise 5)."""
     def dpo_step(policy, reference, batch, n_pairs, beta):
         def logprobs(model):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            mask = {"attention_mask": batch["attention_mask"]} if pass_mask else {}
+            logits = model(input_ids=batch["input_ids"], **mask).logits
             targets = batch["labels"][:, 1:] if shift else batch["labels"][:, :-1]
             if not reply_only:
                 targets = torch.where(batch["attention_mask"][:, 1:] == 1, batch["input_ids"][:, 1:], IGNORE_INDEX)
@@ -420,6 +422,8 @@ def _bootstrap(kind):
             idx = torch.randint(0, n, (resamples, max(1, n // 2)), generator=g)
         elif kind == "global rng":
             idx = torch.randint(0, n, (resamples, n))
+        elif kind == "resamples ignored":
+            idx = torch.randint(0, n, (2000, n), generator=g)
         else:
             idx = torch.randint(0, n, (resamples, n), generator=g)
         means = data[idx].mean(1)
@@ -430,6 +434,10 @@ def _bootstrap(kind):
 
 def _mcnemar(kind):
     def mcnemar_p(correct_a, correct_b):
+        if kind == "python and on tensors":
+            ta, tb = torch.as_tensor(correct_a).bool(), torch.as_tensor(correct_b).bool()
+            b, c = int((ta and ~tb).sum()), int((tb and ~ta).sum())
+            return min(1.0, 2 * sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c))
         a, b_ = [bool(x) for x in correct_a], [bool(x) for x in correct_b]
         b = sum(x and not y for x, y in zip(a, b_))
         c = sum(y and not x for x, y in zip(a, b_))
@@ -583,6 +591,7 @@ WRONG = {
         "quantiles at 1 - confidence, not halved": _bootstrap("not halved"),
         "confidence ignored": _bootstrap("confidence ignored"),
         "seed ignored": _bootstrap("global rng"),
+        "number of resamples ignored": _bootstrap("resamples ignored"),
     },
     ("06_evaluation", "mcnemar_p"): {
         "one-sided": _mcnemar("one-sided"),
@@ -591,6 +600,7 @@ WRONG = {
         "chi-square with continuity correction": _mcnemar("chi2 corrected"),
         "unpaired two-proportion test": _mcnemar("unpaired"),
         "binomial terms in floats": _mcnemar("floats"),
+        "Python `and` on tensors": _mcnemar("python and on tensors"),
     },
     ("06_evaluation", "rouge_l_f1"): {
         "LCS of characters": _rouge("characters"),
@@ -709,6 +719,7 @@ WRONG = {
         "injection does not freeze the model": _inject(freeze=False),
         "injection ignores targets": _inject(fixed_targets=True),
         "injection returns None": _inject(returns=False),
+        "injection matches the last name component only": _inject(last_component=True),
     },
     ("04_quantization", "qlora_layer"): {
         "no division by absmax": _qlora_layer(divide=False),
@@ -735,6 +746,7 @@ WRONG = {
         "beta outside the sigmoid": _dpo_step(beta_outside=True),
         "rewards not detached": _dpo_step(detach=False),
         "raw logits instead of log-probs": _dpo_step(log_softmax=False),
+        "attention mask not passed to the models": _dpo_step(pass_mask=False),
     },
     ("04_quantization", "absmax_int8"): {
         "rounds toward zero": _int8(round_fn=torch.trunc),
