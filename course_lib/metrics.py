@@ -5,7 +5,7 @@
   (equal to scikit-learn's, ``zero_division=0``), exact match;
 * generation: ROUGE-1/2/L (equal to Google's ``rouge-score`` without stemming);
 * evidence: percentile bootstrap intervals, a paired bootstrap and McNemar's test for "is B better than A on
-  the same items", and a win rate with its Wilson interval;
+  the same items", both in one paired report of two classifiers, and a win rate with its Wilson interval;
 * repeated runs: the mean and spread of one measurement over seeds, and a paired comparison over seeds.
 """
 from __future__ import annotations
@@ -215,6 +215,46 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool], exact: bool = 
         return {"b": b, "c": c, "statistic": float(k), "p_value": min(1.0, 2 * tail)}
     statistic = (abs(b - c) - 1) ** 2 / n
     return {"b": b, "c": c, "statistic": statistic, "p_value": math.erfc(math.sqrt(statistic / 2))}
+
+
+def paired_report(targets: Sequence, predictions_a: Sequence, predictions_b: Sequence, labels: Sequence,
+                  confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict:
+    """Two classifiers on the same items, as one report: accuracy and macro-F1 (over ``labels``) of A and of B, the
+    accuracy difference B - A, each as (value, low, high) with its percentile bootstrap interval, and McNemar's
+    exact test (``b``: A right and B wrong, ``c``: the reverse, ``p_value``). Paired: one set of resampled items
+    (:func:`bootstrap_ci`'s) serves every statistic, so A and B are always scored on the same sample."""
+    _check_pairs(predictions_a, targets)
+    _check_pairs(predictions_b, targets)
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({str(x) for x in [*targets, *predictions_a, *predictions_b] if x not in index})
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not among {list(labels)}")
+    t, a, b = (torch.tensor([index[x] for x in seq]) for seq in (targets, predictions_a, predictions_b))
+
+    def accuracy_of(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return (p[rows] == t[rows]).double().mean(-1)
+
+    def macro_f1_of(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        pr, tr = p[rows], t[rows]
+        f1 = []
+        for c in range(len(labels)):
+            tp = ((pr == c) & (tr == c)).sum(-1).double()
+            errors = ((pr == c) != (tr == c)).sum(-1).double()  # false positives + false negatives
+            f1.append(torch.where(2 * tp + errors > 0, 2 * tp / (2 * tp + errors).clamp_min(1), torch.zeros_like(tp)))
+        return torch.stack(f1).mean(0)
+
+    everything, rows = torch.arange(len(targets)).unsqueeze(0), _resamples(len(targets), resamples, seed)
+    alpha = (1 - confidence) / 2
+
+    def interval(statistic) -> tuple[float, float, float]:
+        low, high = torch.quantile(statistic(rows), torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+        return float(statistic(everything)[0]), low, high
+
+    test = mcnemar((a == t).tolist(), (b == t).tolist())
+    return {"accuracy_a": interval(lambda r: accuracy_of(a, r)), "accuracy_b": interval(lambda r: accuracy_of(b, r)),
+            "macro_f1_a": interval(lambda r: macro_f1_of(a, r)), "macro_f1_b": interval(lambda r: macro_f1_of(b, r)),
+            "difference": interval(lambda r: accuracy_of(b, r) - accuracy_of(a, r)),
+            "b": test["b"], "c": test["c"], "p_value": test["p_value"]}
 
 
 def win_rate(wins: int, losses: int, ties: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:

@@ -1,4 +1,5 @@
 """course_lib.metrics: equal to scikit-learn, rouge-score and scipy on the same inputs; clear errors on bad input."""
+import math
 import random
 
 import numpy as np
@@ -185,3 +186,41 @@ def test_paired_over_seeds_pairs_each_seed_and_summarises_the_differences():
         metrics.paired_over_seeds([], [])
     one = metrics.paired_over_seeds(a[:1], b[:1])  # one seed: its paired test, no spread
     assert one == {"per_seed": out["per_seed"][:1]}
+
+
+def _three_label_run(n=120, seed=0):
+    rng = random.Random(seed)
+    labels = ["x", "y", "z"]
+    targets = [rng.choice(labels) for _ in range(n)]
+    pred_a = [t if rng.random() < 0.7 else rng.choice(labels) for t in targets]
+    pred_b = [p if rng.random() < 0.8 else t for p, t in zip(pred_a, targets)]  # mostly agrees with A, a bit better
+    return labels, targets, pred_a, pred_b
+
+
+def test_paired_report_is_the_pieces_on_one_set_of_resamples():
+    labels, targets, pred_a, pred_b = _three_label_run()
+    report = metrics.paired_report(targets, pred_a, pred_b, labels, confidence=0.9, resamples=500, seed=3)
+    right_a, right_b = [p == t for p, t in zip(pred_a, targets)], [p == t for p, t in zip(pred_b, targets)]
+    assert report["accuracy_a"] == pytest.approx(metrics.bootstrap_ci(right_a, confidence=0.9, resamples=500, seed=3))
+    macro = lambda p, t: metrics.precision_recall_f1(metrics.confusion_matrix(p, t, labels))["f1"]
+    assert report["macro_f1_b"] == pytest.approx(metrics.bootstrap_metric(macro, pred_b, targets, confidence=0.9,
+                                                                          resamples=500, seed=3))
+    diff = [float(y) - float(x) for x, y in zip(right_a, right_b)]
+    assert report["difference"] == pytest.approx(metrics.bootstrap_ci(diff, confidence=0.9, resamples=500, seed=3))
+    test = metrics.mcnemar(right_a, right_b)
+    assert (report["b"], report["c"], report["p_value"]) == (test["b"], test["c"], test["p_value"])
+
+
+def test_paired_report_interval_of_the_difference_is_narrower_than_unpaired():
+    labels, targets, pred_a, pred_b = _three_label_run(n=300, seed=1)
+    report = metrics.paired_report(targets, pred_a, pred_b, labels, resamples=2000)
+    paired = report["difference"][2] - report["difference"][1]
+    unpaired = math.hypot(*(report[k][2] - report[k][1] for k in ("accuracy_a", "accuracy_b")))
+    assert paired < 0.8 * unpaired  # the systems agree on most items, so their errors cancel in the paired difference
+
+
+def test_paired_report_refuses_bad_input():
+    with pytest.raises(ValueError, match="not among"):
+        metrics.paired_report(["x", "w"], ["x", "x"], ["x", "x"], ["x", "y"])
+    with pytest.raises(ValueError, match="equally many"):
+        metrics.paired_report(["x", "y"], ["x"], ["x", "y"], ["x", "y"])

@@ -298,13 +298,132 @@ def _leaked_any(train_texts, test_texts, threshold=0.7, n=3):
     return out
 
 
+def _leaked_numpy(train_texts, test_texts, threshold=0.7, n=3):
+    """A similarity matrix in numpy; np.flatnonzero returns a numpy array of indices."""
+    import numpy as np
+    train, test = [_jaccard_sets(t, n) for t in train_texts], [_jaccard_sets(t, n) for t in test_texts]
+    sims = np.array([[len(a & b) / len(a | b) if a | b else 1.0 for b in train] for a in test]).reshape(len(test), len(train))
+    return np.flatnonzero((sims >= threshold).any(axis=1))
+
+
 def _jaccard_sets(text, n):
     import re
     words = re.findall(r"\w+", text.lower())
     return {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))} if words else set()
 
 
+def _paired_numpy(targets, predictions_a, predictions_b, labels, confidence=0.95, resamples=2000, seed=0):
+    """numpy: a default_rng of indices, vectorised counts, np.quantile; lists instead of tuples."""
+    import numpy as np
+    t, a, b = (np.array([labels.index(x) for x in seq]) for seq in (targets, predictions_a, predictions_b))
+    rows = np.random.default_rng(seed).integers(0, len(t), size=(resamples, len(t)))
+    full = np.arange(len(t))[None, :]
+
+    def stats(r):
+        acc_a, acc_b = (a[r] == t[r]).mean(1), (b[r] == t[r]).mean(1)
+        f1 = []
+        for p in (a, b):
+            per = [np.divide(2 * ((p[r] == c) & (t[r] == c)).sum(1), 2 * ((p[r] == c) & (t[r] == c)).sum(1)
+                             + ((p[r] == c) ^ (t[r] == c)).sum(1), out=np.zeros(len(r)),
+                             where=((p[r] == c) | (t[r] == c)).sum(1) > 0) for c in range(len(labels))]
+            f1.append(np.mean(per, axis=0))
+        return {"accuracy_a": acc_a, "accuracy_b": acc_b, "macro_f1_a": f1[0], "macro_f1_b": f1[1],
+                "difference": acc_b - acc_a}
+
+    point, sampled = stats(full), stats(rows)
+    q = [(1 - confidence) / 2, (1 + confidence) / 2]
+    report = {k: [float(point[k][0]), *np.quantile(sampled[k], q).tolist()] for k in point}
+    only_a, only_b = int(((a == t) & (b != t)).sum()), int(((b == t) & (a != t)).sum())
+    m = only_a + only_b
+    report.update(b=only_a, c=only_b, p_value=1.0 if m == 0 else
+                  min(1.0, 2 * sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2 ** m))
+    return report
+
+
+def _paired_python(targets, predictions_a, predictions_b, labels, confidence=0.95, resamples=2000, seed=0):
+    """Pure Python: random.Random, loops over each sample, a hand-written linear quantile, log-space p-value."""
+    import random
+    rng = random.Random(seed)
+    n = len(targets)
+
+    def macro(pred, items):
+        total = 0.0
+        for c in labels:
+            tp = sum(1 for i in items if pred[i] == c and targets[i] == c)
+            off = sum(1 for i in items if (pred[i] == c) != (targets[i] == c))
+            total += 2 * tp / (2 * tp + off) if tp else 0.0
+        return total / len(labels)
+
+    def acc(pred, items):
+        return sum(pred[i] == targets[i] for i in items) / len(items)
+
+    statistics = {"accuracy_a": lambda s: acc(predictions_a, s), "accuracy_b": lambda s: acc(predictions_b, s),
+                  "macro_f1_a": lambda s: macro(predictions_a, s), "macro_f1_b": lambda s: macro(predictions_b, s),
+                  "difference": lambda s: acc(predictions_b, s) - acc(predictions_a, s)}
+    draws = {k: [] for k in statistics}
+    for _ in range(resamples):
+        sample = [rng.randrange(n) for _ in range(n)]
+        for k, f in statistics.items():
+            draws[k].append(f(sample))
+
+    def quantile(values, q):
+        values = sorted(values)
+        pos = q * (len(values) - 1)
+        lo = math.floor(pos)
+        return values[lo] + (values[min(lo + 1, len(values) - 1)] - values[lo]) * (pos - lo)
+
+    everything = list(range(n))
+    report = {k: (f(everything), quantile(draws[k], (1 - confidence) / 2), quantile(draws[k], (1 + confidence) / 2))
+              for k, f in statistics.items()}
+    b = sum(x == t != y for x, y, t in zip(predictions_a, predictions_b, targets))
+    c = sum(y == t != x for x, y, t in zip(predictions_a, predictions_b, targets))
+    if b + c == 0:
+        p = 1.0
+    else:
+        logs = [math.lgamma(b + c + 1) - math.lgamma(i + 1) - math.lgamma(b + c - i + 1) - (b + c) * math.log(2)
+                for i in range(min(b, c) + 1)]
+        top = max(logs)
+        p = min(1.0, 2 * math.exp(top) * sum(math.exp(v - top) for v in logs))
+    report.update(b=b, c=c, p_value=p)
+    return report
+
+
+def _paired_one_hot(targets, predictions_a, predictions_b, labels, confidence=0.95, resamples=2000, seed=0):
+    """torch: one-hot labels, per-sample counts by einsum over a (resamples, n) count matrix."""
+    index = {x: i for i, x in enumerate(labels)}
+    t, a, b = (F.one_hot(torch.tensor([index[x] for x in s]), len(labels)).double()
+               for s in (targets, predictions_a, predictions_b))
+    n = len(targets)
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.zeros(resamples, n, dtype=torch.float64)
+    counts.scatter_add_(1, torch.randint(0, n, (resamples, n), generator=g), torch.ones(resamples, n, dtype=torch.float64))
+    counts = torch.cat([torch.ones(1, n, dtype=torch.float64), counts])  # row 0: every item once
+
+    def accuracy(p):
+        return torch.einsum("sn,n->s", counts, (p * t).sum(1)) / n
+
+    def macro(p):
+        tp = torch.einsum("sn,nk->sk", counts, p * t)
+        off = torch.einsum("sn,nk->sk", counts, p + t - 2 * p * t)
+        return torch.where(tp > 0, 2 * tp / (2 * tp + off).clamp_min(1e-12), 0.0).mean(1)
+
+    q = torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=torch.float64)
+    out = {}
+    for key, v in {"accuracy_a": accuracy(a), "accuracy_b": accuracy(b), "macro_f1_a": macro(a), "macro_f1_b": macro(b),
+                   "difference": accuracy(b) - accuracy(a)}.items():
+        out[key] = (v[0].item(), *torch.quantile(v[1:], q).tolist())
+    right_a, right_b = (a * t).sum(1).bool(), (b * t).sum(1).bool()
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    m = only_a + only_b
+    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1))
+    out.update(b=only_a, c=only_b, p_value=min(1.0, 2 * tail / 2 ** m) if m else 1.0)
+    return out
+
+
 RIGHT = {
+    ("06_evaluation", "paired_report"): {"numpy, lists for tuples": _paired_numpy,
+                                         "pure Python, random.Random, log-space p": _paired_python,
+                                         "torch one-hot counts by einsum": _paired_one_hot},
     ("01_when_to_finetune", "top_k_cosine"): {"numpy argsort, a numpy array": _top_k_numpy,
                                               "a sorted Python list": _top_k_list},
     ("01_when_to_finetune", "few_shot_prompt"): {"one comprehension, zip over the roles": _few_shot_comprehension},
@@ -314,7 +433,8 @@ RIGHT = {
     ("02_data_preparation", "redact_pii"): {"one alternation, case-insensitive, e-mails first": _redact_one_pass},
     ("02_data_preparation", "shingle_jaccard"): {"isalnum normalisation, zip shingles": _jaccard_counter},
     ("02_data_preparation", "stratified_split_indices"): {"rng.sample per label": _split_numpy},
-    ("02_data_preparation", "leaked_items"): {"findall words, precomputed sets": _leaked_any},
+    ("02_data_preparation", "leaked_items"): {"findall words, precomputed sets": _leaked_any,
+                                              "a numpy similarity matrix, np.flatnonzero": _leaked_numpy},
     ("03_lora_basics", "lora_layer"): {"F.linear and einsum, a recursive walk": _lora_layer_einsum()},
     ("04_quantization", "qlora_layer"): {"bucketize, a loop over blocks, F.linear": _qlora_layer_bucketize()},
     ("05_sft_rlhf_dpo", "dpo_step"): {"cross-entropy, detached reference, softplus": _dpo_step_cross_entropy},

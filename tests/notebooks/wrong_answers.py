@@ -531,7 +531,73 @@ def _perplexity(kind):
     return perplexity_from_logprobs
 
 
+def _paired(kind):
+    """A paired_report with one mistake (topic 6's exercise 6), on a numpy core."""
+    import numpy as np
+
+    def paired_report(targets, predictions_a, predictions_b, labels, confidence=0.95, resamples=2000, seed=0):
+        index = {label: i for i, label in enumerate(labels)}
+        t, a, b = (np.array([index[x] for x in seq]) for seq in (targets, predictions_a, predictions_b))
+        n = len(t)
+        rng = np.random.default_rng(None if kind == "seed ignored" else seed)
+        rows = rng.integers(0, n, (2000 if kind == "resamples ignored" else resamples, n))
+        rows_b = rng.integers(0, n, rows.shape) if kind == "unpaired" else rows
+        classes = sorted(set(t.tolist())) if kind == "classes of the targets only" else range(len(labels))
+
+        def accuracy(p, r):
+            return (p[r] == t[r]).mean(-1)
+
+        def macro(p, r):
+            scores = []
+            for c in classes:
+                tp = ((p[r] == c) & (t[r] == c)).sum(-1)
+                den = 2 * tp + ((p[r] == c) != (t[r] == c)).sum(-1)
+                if kind == "empty classes skipped":
+                    scores.append(np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan))
+                else:
+                    scores.append(np.where(tp > 0, 2 * tp / np.maximum(den, 1), 0.0))
+            return np.nanmean(np.stack(scores), 0) if kind == "empty classes skipped" else np.mean(scores, 0)
+
+        everything = np.arange(n)[None]
+        level = 1 - confidence if kind == "not halved" else (1 - (0.95 if kind == "confidence ignored" else confidence)) / 2
+
+        def interval(statistic, r=rows, r_b=None):
+            values = statistic(r) if r_b is None else statistic(r, r_b)
+            value = float((statistic(everything) if r_b is None else statistic(everything, everything))[0])
+            if kind == "bootstrap mean as the value":
+                value = float(np.mean(values))
+            if kind == "normal approximation":
+                from statistics import NormalDist
+                half = NormalDist().inv_cdf(1 - level) * float(np.std(values))
+                return value, value - half, value + half
+            return value, float(np.quantile(values, level)), float(np.quantile(values, 1 - level))
+
+        right_a, right_b = (a == t), (b == t)
+        only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+        if kind == "b and c swapped":
+            only_a, only_b = only_b, only_a
+        m = only_a + only_b
+        tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2 ** m if m else 0.5
+        p_value = tail if kind == "one-sided p" else min(1.0, 2 * tail)
+        if kind == "chi-square p" and m:
+            p_value = math.erfc(math.sqrt((abs(only_a - only_b) - 1) ** 2 / m / 2))
+        if kind == "f1 interval from the accuracy samples":
+            f1 = lambda p: (float(macro(p, everything)[0]),) + interval(lambda r: accuracy(p, r))[1:]
+        else:
+            f1 = lambda p: interval(lambda r: macro(p, r))
+        sign = -1 if kind == "A minus B" else 1
+        return {"accuracy_a": interval(lambda r: accuracy(a, r)), "accuracy_b": interval(lambda r: accuracy(b, r)),
+                "macro_f1_a": f1(a), "macro_f1_b": f1(b),
+                "difference": interval(lambda r, q: sign * (accuracy(b, q) - accuracy(a, r)), rows, rows_b),
+                "b": only_a, "c": only_b, "p_value": p_value}
+    return {"paired_report": paired_report}
+
+
 WRONG = {
+    ("06_evaluation", "paired_report"): {name: _paired(name) for name in (
+        "unpaired", "A minus B", "classes of the targets only", "empty classes skipped", "b and c swapped",
+        "one-sided p", "chi-square p", "not halved", "confidence ignored", "bootstrap mean as the value",
+        "normal approximation", "seed ignored", "resamples ignored", "f1 interval from the accuracy samples")},
     ("02_data_preparation", "is_valid_chat"): {
         "only the first and last turns checked": _valid_chat(first_last_only=True),
         "system message allowed anywhere": _valid_chat(system_anywhere=True),
