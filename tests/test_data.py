@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from course_lib.data import (MEASUREMENTS, PREFERENCE_SPLITS, TICKET_LABELS, TICKET_SPLITS, DataError,
-                             load_freeform_tickets, load_measurement, load_policies, load_preferences, load_tickets,
-                             near_duplicate_key, read_jsonl, write_jsonl, write_measurement)
+                             held_out_tickets, load_freeform_tickets, load_measurement, load_policies, load_preferences,
+                             load_tickets, near_duplicate_key, read_jsonl, write_jsonl, write_measurement)
 from course_lib.splits import leaks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,3 +281,12 @@ def test_lora_sweep_changes_one_setting_at_a_time_around_the_recipe_over_seeds()
                 assert differences == pytest.approx([a["validation_accuracy"] - b["validation_accuracy"]
                                                      for a, b in zip(e["runs"], recipes[0]["runs"])])
     assert [e["r"] for e in measured["sweeps"]["rank"]] == [1, 4, 8, 16, 64]
+
+
+def test_held_out_tickets_spread_over_the_validation_split():
+    validation = load_tickets("validation")
+    assert held_out_tickets(90) == validation[::2][:90]  # the LoRA sweep's and the overfitting run's 90
+    assert held_out_tickets(45) == validation[::5]
+    assert {r["label"] for r in held_out_tickets(90)} == set(TICKET_LABELS)
+    with pytest.raises(ValueError, match="between 1 and 225"):
+        held_out_tickets(0)

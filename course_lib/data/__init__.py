@@ -155,6 +155,15 @@ def load_tickets(split: str, first_split: bool = False) -> list[dict]:
     return _read_tickets(tickets_path(split, first_split))
 
 
+def held_out_tickets(n: int) -> list[dict]:
+    """``n`` validation tickets spread evenly over the split (every (225 // n)-th, the first n): the held-out set a
+    measurement scores while it trains (the LoRA sweep's and the overfitting run's 90)."""
+    validation = load_tickets("validation")
+    if not 1 <= n <= len(validation):
+        raise ValueError(f"n must be between 1 and {len(validation)}, got {n}")
+    return validation[::len(validation) // n][:n]
+
+
 def load_freeform_tickets() -> list[dict]:
     """Sixty support tickets written by hand for the course (12 per label), phrased unlike the templates of the
     data set: colloquial, indirect, no slot values ("so my bank statement has you guys on it twice"). Topic 6

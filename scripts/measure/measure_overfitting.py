@@ -13,7 +13,7 @@ import json
 import torch
 
 from course_lib import classify
-from course_lib.data import load_tickets, write_measurement
+from course_lib.data import held_out_tickets, load_tickets, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
 from course_lib.recipes import TICKET_LORA
@@ -27,8 +27,7 @@ def main() -> None:
     parser.parse_args()  # --help prints the docstring: what it measures and where it writes
     use_cores()
     model, tokenizer = load_default_model(device="cpu")
-    train, validation = load_tickets("train"), load_tickets("validation")
-    held = validation[::len(validation) // VALIDATION_TICKETS][:VALIDATION_TICKETS]
+    train, held = load_tickets("train"), held_out_tickets(VALIDATION_TICKETS)
     history, seconds = LONG.fit(model, classify.examples(tokenizer, train), tokenizer.pad_token_id,
                                 validation=classify.examples(tokenizer, held),
                                 metric=lambda: {"accuracy": classify.evaluate(model, tokenizer, held, progress=False)})

@@ -26,7 +26,7 @@ import json
 import torch
 
 from course_lib import classify, lora, metrics
-from course_lib.data import load_tickets, write_measurement
+from course_lib.data import held_out_tickets, load_tickets, write_measurement
 from course_lib.device import use_cores
 from course_lib.models import load_default_model
 from course_lib.recipes import TICKET_LORA
@@ -81,7 +81,7 @@ def main() -> None:
     seeds = parser.parse_args().seeds
     use_cores()
     train = load_tickets("train")
-    held = load_tickets("validation")[::2][:90]
+    held = held_out_tickets(90)
     settings_list = list({json.dumps({**BASE, **change}, sort_keys=True): {**BASE, **change}
                           for changes in SWEEPS.values() for change in changes}.values())
     done: dict[str, list[dict]] = {}
