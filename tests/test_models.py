@@ -89,3 +89,17 @@ def test_load_model_from_a_local_folder(tiny, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, model(**batch).logits)
     assert loaded_tokenizer("same tokens")["input_ids"] == tokenizer("same tokens")["input_ids"]
+
+
+def test_tiny_encoder_is_deterministic_and_not_unit_length():
+    tokenizer = models.load_tokenizer()
+    encode = models.tiny_encoder(tokenizer, dim=8, seed=3)
+    vectors = encode(["a short ticket", "a much longer ticket about a parcel that never arrived", "a short ticket"])
+    assert vectors.shape == (3, 8) and torch.equal(vectors[0], vectors[2])
+    again = models.tiny_encoder(tokenizer, dim=8, seed=3)(["a short ticket", "a much longer ticket about a parcel "
+                                                           "that never arrived", "a short ticket"])
+    assert torch.equal(vectors, again)
+    assert not torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-3)  # cosine is not the dot product
+    assert encode([]).shape == (0, 8)
+    with pytest.raises(TypeError, match="not one string"):
+        encode("one string")

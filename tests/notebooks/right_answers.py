@@ -420,7 +420,82 @@ def _paired_one_hot(targets, predictions_a, predictions_b, labels, confidence=0.
     return out
 
 
+def _rag_batched(texts, train_texts, train_labels, labels, encode, model, tokenizer, k=5, system=None):
+    """F.cosine_similarity, argsort, one right-padded batch with its mask, logits gathered at each prompt's end."""
+    from course_lib.classify import SYSTEM_PROMPT
+    corpus, queries = encode(train_texts), encode(texts)
+    sims = F.cosine_similarity(queries.unsqueeze(1), corpus.unsqueeze(0), dim=-1)
+    order = torch.argsort(sims, dim=1, descending=True)[:, :k].flip(1)  # least similar first
+    prompts = []
+    for text, row in zip(texts, order.tolist()):
+        turns = [{"role": "system", "content": system or SYSTEM_PROMPT}]
+        turns += [m for i in row for m in ({"role": "user", "content": train_texts[i]},
+                                           {"role": "assistant", "content": train_labels[i]})]
+        turns.append({"role": "user", "content": text})
+        prompts.append(tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)["input_ids"])
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([p + [tokenizer.pad_token_id] * (width - len(p)) for p in prompts])
+    mask = (torch.arange(width) < torch.tensor([len(p) for p in prompts]).unsqueeze(1)).long()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    last = logits[torch.arange(len(prompts)), mask.sum(1) - 1]
+    columns = torch.tensor([tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in labels])
+    scores = last[:, columns]
+    return [labels[i] for i in scores.argmax(1)], scores
+
+
+def _rag_numpy_text(texts, train_texts, train_labels, labels, encode, model, tokenizer, k=5, system=None):
+    """numpy cosine and argpartition; the template rendered to text, then tokenized; a list of score lists."""
+    import numpy as np
+    from course_lib.classify import SYSTEM_PROMPT
+    c = encode(list(train_texts)).numpy()
+    q = encode(list(texts)).numpy()
+    cos = (q @ c.T) / np.outer(np.linalg.norm(q, axis=1), np.linalg.norm(c, axis=1))
+    predictions, scores = [], []
+    for i, text in enumerate(texts):
+        top = np.argpartition(-cos[i], k - 1)[:k]
+        top = top[np.argsort(cos[i][top])]  # ascending: the nearest ends the list
+        messages = [{"role": "system", "content": system or SYSTEM_PROMPT}]
+        for j in top:
+            messages.append({"role": "user", "content": train_texts[j]})
+            messages.append({"role": "assistant", "content": train_labels[j]})
+        messages.append({"role": "user", "content": text})
+        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(rendered, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model(input_ids=ids).logits[0, -1]
+        row = [float(out[tokenizer.encode(label, add_special_tokens=False)[0]]) for label in labels]
+        scores.append(row)
+        predictions.append(labels[int(np.argmax(row))])
+    return predictions, scores
+
+
+def _rag_loops(texts, train_texts, train_labels, labels, encode, model, tokenizer, k=5, system=None):
+    """Plain loops: cosine by hand, sorted() over (similarity, index), max() over the labels."""
+    from course_lib.classify import SYSTEM_PROMPT
+    corpus = encode(list(train_texts))
+    label_ids = [tokenizer.encode(label, add_special_tokens=False)[0] for label in labels]
+    predictions, scores = [], []
+    for text, query in zip(texts, encode(list(texts))):
+        sims = [(float(query @ row) / (float(query.norm()) * float(row.norm())), i) for i, row in enumerate(corpus)]
+        chosen = [i for _, i in sorted(sims, reverse=True)[:k]][::-1]
+        chat = [{"role": "system", "content": system or SYSTEM_PROMPT}]
+        for i in chosen:
+            chat += [{"role": "user", "content": train_texts[i]}, {"role": "assistant", "content": train_labels[i]}]
+        chat += [{"role": "user", "content": text}]
+        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor(ids).unsqueeze(0)).logits[0, -1]
+        scores.append(torch.stack([logits[i] for i in label_ids]))
+        predictions.append(max(labels, key=lambda label: float(scores[-1][labels.index(label)])))
+    return predictions, torch.stack(scores)
+
+
 RIGHT = {
+    ("01_when_to_finetune", "rag_classify"): {"F.cosine_similarity, one right-padded batch with its mask": _rag_batched,
+                                              "numpy argpartition, the template rendered to text": _rag_numpy_text,
+                                              "loops and sorted()": _rag_loops},
     ("06_evaluation", "paired_report"): {"numpy, lists for tuples": _paired_numpy,
                                          "pure Python, random.Random, log-space p": _paired_python,
                                          "torch one-hot counts by einsum": _paired_one_hot},

@@ -593,7 +593,62 @@ def _paired(kind):
     return {"paired_report": paired_report}
 
 
+def _rag(kind):
+    """A rag_classify with one mistake (topic 1's exercise 6)."""
+    def rag_classify(texts, train_texts, train_labels, labels, encode, model, tokenizer, k=5, system=None):
+        system = system if system is not None else __import__("course_lib.classify", fromlist=["x"]).SYSTEM_PROMPT
+        corpus, queries = encode(list(train_texts)), encode(list(texts))
+        if kind == "dot product":
+            similarity = queries @ corpus.T
+        elif kind == "euclidean distance":
+            similarity = -torch.cdist(queries, corpus)
+        elif kind == "only the query normalised":
+            similarity = (queries / queries.norm(dim=1, keepdim=True)) @ corpus.T
+        else:
+            similarity = F.normalize(queries, dim=1) @ F.normalize(corpus, dim=1).T
+        take = {"k + 1": k + 1, "k - 1": k - 1}.get(kind, k)
+        nearest = torch.topk(similarity, min(take, len(train_texts)), dim=1).indices.tolist()
+        word = (lambda label: " " + label) if kind == "label with a leading space" else (lambda label: label)
+        label_ids = [tokenizer.encode(word(label), add_special_tokens=False)[0] for label in labels]
+        prompts = []
+        for text, row in zip(texts, nearest):
+            order = row if kind == "nearest first" else list(reversed(row))
+            messages = [] if kind == "no system message" else [{"role": "system", "content": system}]
+            for i in order:
+                if kind == "roles swapped":
+                    messages += [{"role": "assistant", "content": train_texts[i]}, {"role": "user", "content": train_labels[i]}]
+                else:
+                    messages += [{"role": "user", "content": train_texts[i]}, {"role": "assistant", "content": train_labels[i]}]
+            if kind == "examples in one user message":
+                shots = "\n".join(f"{train_texts[i]} -> {train_labels[i]}" for i in order)
+                messages = messages[:1] + [{"role": "user", "content": shots + "\n" + text}]
+            else:
+                messages.append({"role": "user", "content": text})
+            prompts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=kind != "no generation prompt",
+                                                         tokenize=True, return_dict=True)["input_ids"])
+        if kind == "one right-padded batch read at the last column":
+            width = max(map(len, prompts))
+            ids = torch.tensor([p + [tokenizer.pad_token_id] * (width - len(p)) for p in prompts])
+            mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts])
+            with torch.no_grad():
+                scores = model(input_ids=ids, attention_mask=mask).logits[:, -1, label_ids].float()
+        else:
+            rows = []
+            for p in prompts:
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([p])).logits[0, -1].float()
+                rows.append(torch.softmax(logits, -1)[label_ids] if kind == "probabilities, not logits" else logits[label_ids])
+            scores = torch.stack(rows)
+        pick = scores.argmin(-1) if kind == "argmin" else scores.argmax(-1)
+        return [labels[i] for i in pick.tolist()], scores
+    return {"rag_classify": rag_classify}
+
+
 WRONG = {
+    ("01_when_to_finetune", "rag_classify"): {name: _rag(name) for name in (
+        "dot product", "euclidean distance", "only the query normalised", "k + 1", "k - 1", "label with a leading space",
+        "nearest first", "no system message", "roles swapped", "examples in one user message", "no generation prompt",
+        "one right-padded batch read at the last column", "probabilities, not logits", "argmin")},
     ("06_evaluation", "paired_report"): {name: _paired(name) for name in (
         "unpaired", "A minus B", "classes of the targets only", "empty classes skipped", "b and c swapped",
         "one-sided p", "chi-square p", "not halved", "confidence ignored", "bootstrap mean as the value",
