@@ -11,6 +11,7 @@ measured here is written next to it (``training.json``) and checked by tests/tes
 from __future__ import annotations
 
 import argparse
+
 import torch
 
 from course_lib import classify
