@@ -61,14 +61,20 @@ def accuracy(predictions: Sequence, targets: Sequence) -> float:
     return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
 
 
+def _label_index(labels: Sequence, *sequences: Sequence) -> dict:
+    """Each label's position in ``labels``; a value of ``sequences`` outside ``labels`` raises, naming it."""
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({str(x) for seq in sequences for x in seq if x not in index})
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not among {list(labels)}")
+    return index
+
+
 def confusion_matrix(predictions: Sequence, targets: Sequence, labels: Sequence) -> torch.Tensor:
     """(len(labels), len(labels)) counts: row = true label, column = predicted label (scikit-learn's layout).
     A prediction or target outside ``labels`` raises."""
     _check_pairs(predictions, targets)
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({str(x) for x in list(predictions) + list(targets) if x not in index})
-    if unknown:
-        raise ValueError(f"labels {unknown[:5]} are not among {list(labels)}")
+    index = _label_index(labels, predictions, targets)
     matrix = torch.zeros(len(labels), len(labels), dtype=torch.int64)
     for p, t in zip(predictions, targets):
         matrix[index[t], index[p]] += 1
@@ -225,10 +231,7 @@ def paired_report(targets: Sequence, predictions_a: Sequence, predictions_b: Seq
     (:func:`bootstrap_ci`'s) serves every statistic, so A and B are always scored on the same sample."""
     _check_pairs(predictions_a, targets)
     _check_pairs(predictions_b, targets)
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({str(x) for x in [*targets, *predictions_a, *predictions_b] if x not in index})
-    if unknown:
-        raise ValueError(f"labels {unknown[:5]} are not among {list(labels)}")
+    index = _label_index(labels, targets, predictions_a, predictions_b)
     t, a, b = (torch.tensor([index[x] for x in seq]) for seq in (targets, predictions_a, predictions_b))
 
     def accuracy_of(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
